@@ -1,0 +1,129 @@
+"""Backbone registry (torchvision style): ``register_backbone``, ``get_backbone``, ``list_backbones``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+
+from ..conversion import convert
+from ..layers import DDAC
+
+__all__ = ["get_backbone", "list_backbones", "load_checkpoint", "register_backbone"]
+
+BuilderFn = TypeVar("BuilderFn", bound=Callable[..., nn.Module])
+_BACKBONES: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_backbone(name: str | None = None) -> Callable[[BuilderFn], BuilderFn]:
+    """Register a builder ``fn(*, num_classes, weights, **kwargs) -> nn.Module`` under ``name``.
+
+    The builder returns the *original* (zero-padded) network; :func:`get_backbone`
+    converts it. Raises ``ValueError`` on a duplicate name.
+    """
+
+    def wrapper(fn: BuilderFn) -> BuilderFn:
+        key = name or fn.__name__
+        if key in _BACKBONES:
+            raise ValueError(f"A backbone named {key!r} is already registered.")
+        _BACKBONES[key] = fn
+        return fn
+
+    return wrapper
+
+
+def list_backbones() -> list[str]:
+    """Names of all registered backbones, sorted."""
+    return sorted(_BACKBONES)
+
+
+def get_backbone(
+    name: str,
+    *,
+    method: str = "mass",
+    antialias: str | None = None,
+    num_classes: int = 1000,
+    weights: Any = None,
+    padding: str = "circular",
+    **kwargs: Any,
+) -> nn.Module:
+    """Build a registered backbone and make it shift-equivariant with :func:`~mass_lightning.convert`.
+
+    Args:
+        name: a name from :func:`list_backbones`.
+        method: ``"baseline"``, ``"mass"`` or ``"aps"``.
+        antialias: ``None``, ``"lpf3"``, ``"ddac3"``, ...
+        num_classes: size of the classifier output. With pretrained torchvision weights
+            and a different size, the classifier is re-initialised (for fine-tuning).
+        weights: ``None``; a torchvision weights enum or its name (``"IMAGENET1K_V1"``,
+            ``"DEFAULT"``, ``"ResNet18_Weights.IMAGENET1K_V1"``), downloaded by torchvision
+            when online; or the path of a local checkpoint (a ``state_dict``, a
+            ``{"state_dict": ...}`` dict or a Lightning checkpoint).
+        padding: ``"circular"`` or ``"zeros"`` (only for the original baseline).
+        **kwargs: passed to the builder.
+
+    Returns:
+        The converted model.
+
+    Example:
+        >>> model = get_backbone("resnet20", method="mass", num_classes=10)
+    """
+    if name not in _BACKBONES:
+        raise ValueError(f"Unknown backbone {name!r}. Available: {', '.join(list_backbones())}.")
+    checkpoint = _checkpoint_path(weights)
+    model = _BACKBONES[name](num_classes=num_classes, weights=None if checkpoint else weights, **kwargs)
+    model = convert(model, method=method, antialias=antialias, padding=padding)  # type: ignore[arg-type]
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint)
+    return model
+
+
+def _checkpoint_path(weights: Any) -> Path | None:
+    if isinstance(weights, Path) or (isinstance(weights, str) and (weights.endswith((".pt", ".pth", ".ckpt", ".bin"))
+                                                                    or "/" in weights or "\\" in weights)):
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"Checkpoint {str(path)!r} does not exist. Pass a path to a saved state_dict or Lightning "
+                "checkpoint, a torchvision weights name such as 'IMAGENET1K_V1', or None."
+            )
+        return path
+    return None
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load a ``state_dict`` (plain, ``{"state_dict": ...}`` or Lightning) into ``model``.
+
+    A common ``model.`` / ``backbone.`` / ``module.`` prefix is stripped. Only the
+    parameters of anti-aliasing filters that the checkpoint's network did not have
+    (DDAC added by the conversion) may be missing; anything else must match.
+    """
+    try:
+        state = torch.load(Path(path), map_location="cpu", weights_only=False)
+    except Exception as error:  # noqa: BLE001 - re-raised with the path
+        raise ValueError(f"Could not read checkpoint {str(path)!r}: {error}. Is it a torch.save file?") from error
+    if isinstance(state, Mapping) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, Mapping):
+        raise ValueError(f"Checkpoint {str(path)!r} holds a {type(state).__name__}, not a state_dict.")
+    state = _strip_common_prefix(dict(state), set(model.state_dict()))
+    result = model.load_state_dict(state, strict=False)
+    ddac_prefixes = tuple(f"{n}." for n, m in model.named_modules() if isinstance(m, DDAC))
+    missing = [k for k in result.missing_keys if not k.startswith(ddac_prefixes)]
+    if missing or result.unexpected_keys:
+        raise ValueError(
+            f"Checkpoint {str(path)!r} does not match the model: missing {missing[:5]}"
+            f"{'...' if len(missing) > 5 else ''}, unexpected {result.unexpected_keys[:5]}. "
+            "Check that backbone, num_classes and antialias are those it was trained with."
+        )
+    return model
+
+
+def _strip_common_prefix(state: dict[str, Any], expected: set[str]) -> dict[str, Any]:
+    for prefix in ("model.", "backbone.", "module.", "net."):
+        if expected.isdisjoint(state) and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state

@@ -1,0 +1,91 @@
+"""The registered backbones: CIFAR ResNets and torchvision ImageNet models."""
+
+from __future__ import annotations
+
+import urllib.error
+from collections.abc import Callable
+from typing import Any
+
+import torchvision
+from torch import nn
+
+from .cifar_resnet import cifar_resnet18, resnet20, resnet56
+from .registry import register_backbone
+
+__all__ = ["TORCHVISION_BACKBONES", "resolve_weights"]
+
+TORCHVISION_BACKBONES: tuple[str, ...] = (
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "densenet121",
+    "mobilenet_v2",
+    "convnext_tiny",
+    "convnext_small",
+    "convnext_base",
+    "convnext_large",
+)
+
+
+def _cifar(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    def build(*, num_classes: int = 10, weights: Any = None, **kwargs: Any) -> nn.Module:
+        if weights is not None:
+            raise ValueError(
+                f"{builder.__name__} has no published pretrained weights; pass weights=<path to a checkpoint> "
+                "or None."
+            )
+        return builder(num_classes=num_classes, **kwargs)
+
+    build.__doc__ = builder.__doc__
+    return build
+
+
+register_backbone("resnet20")(_cifar(resnet20))
+register_backbone("resnet56")(_cifar(resnet56))
+register_backbone("cifar_resnet18")(_cifar(cifar_resnet18))
+
+
+def resolve_weights(model_name: str, weights: Any) -> torchvision.models.WeightsEnum | None:
+    """A torchvision weights enum from an enum, ``"DEFAULT"``, ``"IMAGENET1K_V1"`` or ``"Enum.MEMBER"``."""
+    if weights is None or isinstance(weights, torchvision.models.WeightsEnum):
+        return weights
+    enum = torchvision.models.get_model_weights(model_name)
+    member = str(weights).split(".")[-1]
+    try:
+        return enum[member] if member != "DEFAULT" else enum.DEFAULT
+    except KeyError:
+        raise ValueError(
+            f"Unknown weights {weights!r} for {model_name}. Available: "
+            f"{', '.join(['DEFAULT'] + [w.name for w in enum])}, or a checkpoint path."
+        ) from None
+
+
+def _replace_classifier(model: nn.Module, num_classes: int) -> None:
+    parent_name, _, attr = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1].rpartition(".")
+    parent = model.get_submodule(parent_name)
+    old = getattr(parent, attr)
+    setattr(parent, attr, nn.Linear(old.in_features, num_classes))
+
+
+def _torchvision(model_name: str) -> Callable[..., nn.Module]:
+    def build(*, num_classes: int = 1000, weights: Any = None, **kwargs: Any) -> nn.Module:
+        enum = resolve_weights(model_name, weights)
+        if enum is None:
+            return torchvision.models.get_model(model_name, num_classes=num_classes, **kwargs)
+        try:
+            model = torchvision.models.get_model(model_name, weights=enum, **kwargs)
+        except (urllib.error.URLError, OSError, RuntimeError) as error:
+            raise RuntimeError(
+                f"Could not download {enum} for {model_name} ({error}). Without internet access, download the "
+                f"file from {enum.url} elsewhere and pass its local path as weights."
+            ) from error
+        if num_classes != len(enum.meta.get("categories", [])):
+            _replace_classifier(model, num_classes)
+        return model
+
+    build.__doc__ = f"torchvision ``{model_name}`` (optionally with pretrained weights)."
+    return build
+
+
+for _name in TORCHVISION_BACKBONES:
+    register_backbone(_name)(_torchvision(_name))

@@ -1,0 +1,234 @@
+"""Exact, shift-covariant origin selection over polyphase components.
+
+For a stride ``(sy, sx)`` a feature map ``x`` of shape ``(B, C, H, W)`` has ``sy * sx``
+polyphase components ``x[:, :, a::sy, b::sx]``. MASS picks, per sample, the component
+with the largest l2 energy and calls its offset ``(a, b)`` the *origin*. A circular shift
+of ``x`` by ``(dy, dx)`` permutes the components, so a rule that only looks at
+shift-invariant statistics of each component moves the origin along with the input:
+``origin(roll(x, d)) == (origin(x) + d) mod s``. That is what makes MASS exact.
+
+Two things break this in a naive implementation, and both are handled here:
+
+* **Summation order.** ``x[a::s, b::s].pow(2).sum()`` is a float reduction whose result
+  depends on the order of its terms, and shifting ``x`` reorders them. Components whose
+  energies are equal in exact arithmetic (mirror-symmetric lattices) then differ by an ulp
+  in one direction for ``x`` and in the other for ``roll(x, d)``. We therefore quantise
+  every term to an integer *independently of its position* and sum in ``int64``, which is
+  associative: the statistics are exact functions of the component's multiset of values.
+* **Ties.** Constant maps, stripes and checkerboards tie outright. Ties are broken with
+  further shift-invariant statistics, compared lexicographically: the polyphase
+  cross-correlations ``sum_p x[p] * x[p + delta]`` for the four nearest neighbour offsets
+  (they see how a component sits among its neighbours) and the third-order terms
+  ``sum_p x[p]^2 * x[p + delta]`` (second-order statistics cannot tell a pattern from its
+  point reflection; third-order ones can). All are computed exactly, as above. Only if
+  every statistic ties is the lowest index taken.
+
+The selection rule, in order:
+
+1. ``E(o) = sum_{p in o + sZ^2} q(x_p^2)``, largest wins;
+2. ``C_delta(o) = sum q(x_p x_{p+delta})`` for ``delta`` in ``(0,1), (1,0), (1,1), (1,-1)``;
+3. ``T_delta(o) = sum q(x_p^2 x_{p+delta})`` for ``delta`` in ``(0,1), (1,0)``;
+4. the smallest flat index ``a * sx + b``.
+
+Here ``q(v) = trunc(v * 2^K)`` on ``v`` computed from ``x / 2^e`` where ``2^e`` is the
+smallest power of two above the sample's max ``|x|`` (an exact, shift-invariant scale)
+and ``K`` is as large as ``int64`` allows for the component size. Tie-breaking statistics
+are computed only when some sample of the batch has a tie after step 1.
+
+What no rule can do (see ``docs/exactness.md``): if two candidate origins give inputs that
+are *different* but agree in every statistic, the choice is arbitrary; and if ``x`` is
+periodic with a period that is not a multiple of the stride, no covariant origin exists at
+all. Invariant outputs (classification) are still exact in the second case, because the
+candidates are then identical up to a stride-multiple shift; dense outputs may not be.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "as_pair",
+    "check_divisible",
+    "polyphase_energy",
+    "polyphase_statistics",
+    "select_origin",
+]
+
+_INT64_BUDGET_BITS = 62
+_TIE_OFFSETS = ((0, 1), (1, 0), (1, 1), (1, -1))
+_THIRD_ORDER_OFFSETS = ((0, 1), (1, 0))
+
+
+def as_pair(
+    value: int | tuple[int, ...] | list[int], name: str = "stride", minimum: int = 1
+) -> tuple[int, int]:
+    """Return ``value`` as a ``(y, x)`` pair of ints ``>= minimum``."""
+    if isinstance(value, int):
+        pair = (value, value)
+    else:
+        pair = tuple(int(v) for v in value)
+        if len(pair) == 1:
+            pair = (pair[0], pair[0])
+    if len(pair) != 2 or min(pair) < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum} or a pair of them, got {value!r}.")
+    return pair  # type: ignore[return-value]
+
+
+def check_divisible(x: Tensor, stride: tuple[int, int], layer: str) -> None:
+    """Raise a clear error unless ``x`` is 4-D and ``stride`` divides its spatial size.
+
+    Exact equivariance needs ``H % sy == 0`` and ``W % sx == 0``; padding silently would
+    break it, so we refuse instead.
+    """
+    if x.dim() != 4:
+        raise ValueError(
+            f"{layer} expects a 4-D input (B, C, H, W), got shape {tuple(x.shape)}. "
+            "Add a batch dimension with x.unsqueeze(0) for a single image."
+        )
+    height, width = x.shape[-2:]
+    sy, sx = stride
+    if height % sy or width % sx:
+        raise ValueError(
+            f"{layer}: input spatial size {height}x{width} is not divisible by the stride "
+            f"{sy}x{sx}. Exact shift equivariance needs every downsampling stride to divide "
+            f"the size it sees; for the whole network use sizes that are multiples of its "
+            f"total stride (e.g. {_next_multiple(height, sy)}x{_next_multiple(width, sx)} here), "
+            "by resizing or cropping the input."
+        )
+
+
+def _next_multiple(value: int, base: int) -> int:
+    return max(base, base * round(value / base))
+
+
+def _power_of_two(exponent: Tensor) -> Tensor:
+    """``2.0 ** exponent`` as float32, exact, built from the IEEE bit pattern."""
+    exponent = exponent.clamp(-126, 127).to(torch.int32)
+    return ((exponent + 127) << 23).view(torch.float32)
+
+
+def _normalised(x: Tensor, num_terms: int, order: int) -> tuple[Tensor, float]:
+    """Scale each sample by an exact power of two so that terms of ``order`` fit in int64.
+
+    Returns ``y`` with ``|y| < 2^(K/order)`` and the float multiplier ``2^(K - order*K/order)``
+    left to apply after the product (so that every product is formed from exactly scaled
+    operands). Scaling by a power of two is exact, and the max of ``|x|`` is shift-invariant.
+    """
+    budget = _INT64_BUDGET_BITS - max(1, math.ceil(math.log2(max(num_terms, 2))))
+    per_factor = min(budget // order, 40)
+    xf = x.detach().float()
+    peak = xf.abs().amax(dim=(1, 2, 3))
+    _, exponent = torch.frexp(peak)  # peak < 2 ** exponent
+    scale = _power_of_two(per_factor - exponent).view(-1, 1, 1, 1)
+    return xf * scale, float(2 ** (budget - order * per_factor))
+
+
+def _reduce_components(terms: Tensor, stride: tuple[int, int]) -> Tensor:
+    """Sum int64 ``terms`` (B, C, H, W) per polyphase component -> (B, sy * sx)."""
+    sy, sx = stride
+    return torch.stack(
+        [terms[:, :, a::sy, b::sx].sum(dim=(1, 2, 3)) for a in range(sy) for b in range(sx)],
+        dim=1,
+    )
+
+
+def _quantise(values: Tensor, multiplier: float) -> Tensor:
+    if multiplier != 1.0:
+        values = values * multiplier
+    return values.to(torch.int64)
+
+
+def polyphase_energy(x: Tensor, stride: int | tuple[int, int]) -> Tensor:
+    """Exact integer l2 energy of every polyphase component.
+
+    Args:
+        x: feature map.
+        stride: subsampling factor ``s`` or ``(sy, sx)``.
+
+    Returns:
+        ``int64`` tensor of shape ``(B, sy * sx)``; entry ``a * sx + b`` is the quantised
+        energy of ``x[:, :, a::sy, b::sx]``. It depends only on the multiset of values of
+        the component, never on their order.
+
+    Shape:
+        - Input: :math:`(B, C, H, W)` with ``H % sy == 0`` and ``W % sx == 0``.
+        - Output: :math:`(B, s_y s_x)`.
+    """
+    pair = as_pair(stride)
+    check_divisible(x, pair, "polyphase_energy")
+    num_terms = x.shape[1] * (x.shape[2] // pair[0]) * (x.shape[3] // pair[1])
+    y, multiplier = _normalised(x, num_terms, order=2)
+    return _reduce_components(_quantise(y * y, multiplier), pair)
+
+
+def polyphase_statistics(x: Tensor, stride: int | tuple[int, int]) -> Tensor:
+    """All selection statistics, ``(B, 7, sy * sx)`` int64, in lexicographic priority order.
+
+    Row 0 is :func:`polyphase_energy`; rows 1-4 the neighbour cross-correlations and rows
+    5-6 the third-order terms described in the module docstring.
+    """
+    pair = as_pair(stride)
+    check_divisible(x, pair, "polyphase_statistics")
+    num_terms = x.shape[1] * (x.shape[2] // pair[0]) * (x.shape[3] // pair[1])
+    rows = [polyphase_energy(x, pair)]
+    y, multiplier = _normalised(x, num_terms, order=2)
+    for dy, dx in _TIE_OFFSETS:
+        neighbour = torch.roll(y, shifts=(-dy, -dx), dims=(2, 3))
+        rows.append(_reduce_components(_quantise(y * neighbour, multiplier), pair))
+    y, multiplier = _normalised(x, num_terms, order=3)
+    for dy, dx in _THIRD_ORDER_OFFSETS:
+        neighbour = torch.roll(y, shifts=(-dy, -dx), dims=(2, 3))
+        rows.append(_reduce_components(_quantise((y * y) * neighbour, multiplier), pair))
+    return torch.stack(rows, dim=1)
+
+
+def _lexicographic_argmax(stats: Tensor, candidates: Tensor) -> Tensor:
+    """First index of the lexicographic max of ``stats`` (B, R, N) among ``candidates``."""
+    lowest = torch.iinfo(torch.int64).min
+    for row in stats.unbind(dim=1):
+        masked = row.masked_fill(~candidates, lowest)
+        candidates = masked == masked.amax(dim=1, keepdim=True)
+    return candidates.to(torch.uint8).argmax(dim=1)
+
+
+def select_origin(x: Tensor, stride: int | tuple[int, int]) -> Tensor:
+    """Per-sample MASS origin: the polyphase component chosen by the exact rule above.
+
+    The result is covariant: for integer shifts ``d``,
+    ``select_origin(roll(x, d)) == (select_origin(x) + d) % stride`` whenever the chosen
+    component is unique under the rule (see the module docstring for the exceptions).
+    Runs under autocast (statistics are computed in float32 from the exact upcast of
+    bf16/fp16 inputs), on any device, with no Python loop over the batch.
+
+    Args:
+        x: feature map.
+        stride: subsampling factor ``s`` or ``(sy, sx)``.
+
+    Returns:
+        ``int64`` tensor ``(B, 2)`` of ``(oy, ox)`` with ``0 <= oy < sy``, ``0 <= ox < sx``.
+
+    Shape:
+        - Input: :math:`(B, C, H, W)`, ``H % sy == 0`` and ``W % sx == 0``.
+        - Output: :math:`(B, 2)`.
+
+    Example:
+        >>> x = torch.zeros(1, 1, 4, 4); x[0, 0, 1, 3] = 1.0
+        >>> select_origin(x, 2).tolist()
+        [[1, 1]]
+    """
+    sy, sx = as_pair(stride)
+    batch = x.shape[0]
+    if sy == 1 and sx == 1:
+        check_divisible(x, (1, 1), "select_origin")
+        return torch.zeros(batch, 2, dtype=torch.int64, device=x.device)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        energy = polyphase_energy(x, (sy, sx))
+        best = energy == energy.amax(dim=1, keepdim=True)
+        if bool((best.sum(dim=1) > 1).any()):
+            index = _lexicographic_argmax(polyphase_statistics(x, (sy, sx)), best)
+        else:
+            index = best.to(torch.uint8).argmax(dim=1)
+    return torch.stack((index // sx, index % sx), dim=1)
