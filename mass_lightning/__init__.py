@@ -6,9 +6,16 @@ Quick use::
     model = convert(torchvision.models.resnet18(weights="DEFAULT"), method="mass").eval()
 """
 
-from .backbones import get_backbone, list_backbones, register_backbone
+from .backbones import get_backbone, get_segmentation_model, list_backbones, register_backbone
 from .conversion import convert
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "convert", "get_backbone", "list_backbones", "register_backbone"]
+__all__ = [
+    "__version__",
+    "convert",
+    "get_backbone",
+    "get_segmentation_model",
+    "list_backbones",
+    "register_backbone",
+]

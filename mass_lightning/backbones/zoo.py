@@ -21,8 +21,6 @@ TORCHVISION_BACKBONES: tuple[str, ...] = (
     "densenet121",
     "mobilenet_v2",
     "convnext_tiny",
-    "convnext_small",
-    "convnext_base",
     "convnext_large",
 )
 

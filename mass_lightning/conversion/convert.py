@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import re
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -182,8 +182,14 @@ def _pool_channels(model: nn.Module, example_input: Tensor | None) -> dict[str, 
         first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
         example_input = torch.zeros(1, first.in_channels if first else 3, 64, 64)
     found: dict[str, int] = {}
-    handles = [m.register_forward_pre_hook(lambda mod, args, name=name: found.setdefault(name, args[0].shape[1]))
-               for name, m in pools.items()]
+
+    def record(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple[Tensor, ...]) -> None:
+            found.setdefault(name, args[0].shape[1])
+
+        return hook
+
+    handles = [m.register_forward_pre_hook(record(name)) for name, m in pools.items()]
     was_training = model.training
     try:
         with torch.no_grad():

@@ -43,12 +43,13 @@ def check_divisible(owner: str, name: str, size: Union[int, Sequence[int]], tota
         if int(value) != value or value < 1:
             raise ValueError(f"{owner}: {name}={size} must hold positive integers.")
         if value % total_stride:
-            lower = max(total_stride, value // total_stride * total_stride)
-            upper = (value // total_stride + 1) * total_stride
+            lower = value // total_stride * total_stride
+            upper = lower + total_stride
+            suggestion = f"{lower} or {upper}" if lower else f"{upper}"
             raise ValueError(
                 f"{owner}: {name}={size} is not divisible by total_stride={total_stride}; every downsampling "
                 f"stage must divide the input exactly for shift equivariance. Use a multiple of {total_stride}, "
-                f"e.g. {lower} or {upper} instead of {value}."
+                f"e.g. {suggestion} instead of {value}."
             )
     return int(height), int(width)
 
@@ -107,6 +108,16 @@ class BaseDataModule(pl.LightningDataModule):
         seed: Seeds shuffling, worker RNGs and any random subset.
         pin_memory: Pin host memory; ``None`` = only when CUDA is available.
         drop_last: Drop the last incomplete training batch.
+
+    Example:
+        >>> from torch.utils.data import TensorDataset
+        >>> class Noise(BaseDataModule):
+        ...     num_classes = 2
+        ...     def build_dataset(self, split):
+        ...         return TensorDataset(torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 0, 1]))
+        >>> images, labels = next(iter(Noise(batch_size=2).train_dataloader()))
+        >>> images.shape
+        torch.Size([2, 3, 8, 8])
     """
 
     num_classes: int

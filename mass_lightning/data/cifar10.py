@@ -119,7 +119,7 @@ class CIFAR10DataModule(BaseDataModule):
         download: bool = False,
         batch_size: int = 256,
         num_workers: int = 2,
-        val_split: Union[str, float] = "test",
+        val_split: Union[float, str] = "test",
         random_crop: bool = False,
         crop_padding: int = 4,
         padding_mode: str = "reflect",
@@ -130,6 +130,11 @@ class CIFAR10DataModule(BaseDataModule):
         drop_last: bool = False,
     ) -> None:
         super().__init__(batch_size, num_workers, seed, pin_memory, drop_last)
+        if isinstance(val_split, str) and val_split != "test":
+            try:
+                val_split = float(val_split)
+            except ValueError:
+                pass
         if not (val_split == "test" or (isinstance(val_split, float) and 0 < val_split < 1)):
             raise ValueError(
                 f"CIFAR10DataModule: val_split must be 'test' or a fraction in (0, 1), got {val_split!r}."

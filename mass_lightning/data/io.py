@@ -123,7 +123,7 @@ def pil_rgb_loader(path: str) -> Image.Image:
 
 def read_rgb(path: PathLike) -> np.ndarray:
     """Read an image as an ``(H, W, 3)`` ``uint8`` RGB array (see :func:`open_image`)."""
-    return np.asarray(open_image(path, "RGB"), dtype=np.uint8)
+    return np.array(open_image(path, "RGB"), dtype=np.uint8)
 
 
 def read_label_png(path: PathLike) -> np.ndarray:
@@ -134,7 +134,7 @@ def read_label_png(path: PathLike) -> np.ndarray:
     """
     image = open_image(path, mode=None)
     if image.mode in ("P", "L"):
-        return np.asarray(image, dtype=np.uint8)
+        return np.array(image, dtype=np.uint8)
     if image.mode in ("I", "I;16", "I;16B", "F"):
         array = np.asarray(image)
         if array.min() < 0 or array.max() > 255:

@@ -29,12 +29,11 @@ neighbouring pads joined, a pad displaced, a pad enlarged."""
 SEGMENTATION_CLASSES = ("background", "pattern", *DEFECT_TYPES[1:])
 """Segmentation labels: 0 background, 1 normal pad, 2..6 the pixels of each defect type."""
 
-MEAN = 0.35
+MEAN = 0.3
 """Approximate pixel mean of the raw images in [0, 1], used for normalisation."""
 STD = 0.2
 """Approximate pixel standard deviation of the raw images."""
 
-INVERT_P = 0.5
 _SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 
 
@@ -210,7 +209,7 @@ def sample_defect(rng: np.random.Generator, kind: str, cell: tuple[int, int], pe
         distance = rng.uniform(0.35, 0.45) * period / np.hypot(dy, dx)
         return Defect(kind, cell, (_quarter(dy * distance), _quarter(dx * distance)))
     if kind == "size":
-        return Defect(kind, cell, size=float(min(radius * rng.uniform(1.45, 1.6), 0.46 * period)))
+        return Defect(kind, cell, size=float(min(radius * rng.uniform(1.6, 1.8), 0.5 * period)))
     if kind == "missing":
         return Defect(kind, cell)
     raise ValueError(f"Unknown defect kind '{kind}'; use one of {DEFECT_TYPES[1:]}.")
@@ -222,19 +221,17 @@ def sample_lattice(
     defect_kinds: tuple[str, ...],
     cells: int,
     channels: int = 3,
-    color: bool = True,
+    color: bool = False,
 ) -> LatticeParams:
     """Draw a random scene: phase, pad shape, colours, and one defect per entry of ``defect_kinds``.
 
     Defects go to distinct, non-neighbouring cells; defects that find no free cell are dropped.
     """
-    phase = (rng.integers(0, 4 * period) / 4, rng.integers(0, 4 * period) / 4)
+    phase = (float(rng.integers(0, 4 * period)) / 4, float(rng.integers(0, 4 * period)) / 4)
     radius = float(rng.uniform(0.22, 0.28) * period)
     exponent = float(rng.uniform(2.0, 4.0))
-    low = rng.uniform(0.05, 0.35)
+    low = rng.uniform(0.05, 0.35)  # pads are brighter than the background by a random contrast
     high = low + rng.uniform(0.35, 0.6)
-    if rng.random() < INVERT_P:  # dark pads on a bright background
-        low, high = high, low
     if color and channels > 1:
         background = tuple(low * rng.uniform(0.6, 1.0, channels))
         foreground = tuple(high * rng.uniform(0.6, 1.0, channels))
@@ -324,7 +321,7 @@ class PeriodicDefects(_PeriodicDataset):
     """Classify which defect a periodic lattice image shows.
 
     Each image is a ``period``-pixel lattice of pads with a random phase, pad
-    shape, contrast (either polarity), colour and mild Gaussian noise, plus one
+    shape, brightness, contrast, optional colour tint and mild Gaussian noise, plus one
     defect of type ``classes[label]`` at a random cell (``"none"``: no defect).
     Labels cycle through the classes (``label = index % 6``), so every split is
     balanced.
@@ -361,7 +358,7 @@ class PeriodicDefects(_PeriodicDataset):
         split: str = "train",
         seed: int = 0,
         noise_std: float = 0.03,
-        color: bool = True,
+        color: bool = False,
         channels: int = 3,
         normalize: bool = True,
     ) -> None:
@@ -423,7 +420,7 @@ class PeriodicDefectsSegmentation(_PeriodicDataset):
         min_defects: int = 1,
         max_defects: int = 3,
         noise_std: float = 0.03,
-        color: bool = True,
+        color: bool = False,
         channels: int = 3,
         normalize: bool = True,
     ) -> None:
@@ -480,7 +477,7 @@ class PeriodicDefectsDataModule(BaseDataModule):
         image_size: int = 32,
         period: int = 8,
         noise_std: float = 0.03,
-        color: bool = True,
+        color: bool = False,
         batch_size: int = 128,
         num_workers: int = 0,
         seed: int = 0,
@@ -543,7 +540,7 @@ class PeriodicDefectsSegmentationDataModule(BaseDataModule):
         min_defects: int = 1,
         max_defects: int = 3,
         noise_std: float = 0.03,
-        color: bool = True,
+        color: bool = False,
         batch_size: int = 32,
         num_workers: int = 0,
         seed: int = 0,

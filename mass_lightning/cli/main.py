@@ -1,0 +1,110 @@
+"""The ``mass-lightning`` command: LightningCLI with the MASS tasks and datamodules."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from lightning.pytorch import LightningDataModule, Trainer
+from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
+from lightning.pytorch.cli import ArgsType, LightningCLI
+
+from ..data import DataError
+from ..tasks import BaseTask
+from .callbacks import FinalMetricsSummary
+
+__all__ = ["DEBUG_ENV_VAR", "MassLightningCLI", "main", "run_cli"]
+
+DEBUG_ENV_VAR = "MASS_LIGHTNING_DEBUG"
+"""Set to 1 to get full tracebacks instead of one-line errors for bad configs and data."""
+
+#: Errors of configuration and data that the CLI reports in one line (with exit code 2).
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError, DataError)
+
+DESCRIPTION = (
+    "Train and evaluate exactly shift-equivariant CNNs (MASS) with PyTorch Lightning. "
+    "Example: %(prog)s fit --config configs/quickstart.yaml"
+)
+
+
+class MassLightningCLI(LightningCLI):
+    """:class:`~lightning.pytorch.cli.LightningCLI` that adds two callbacks to every trainer.
+
+    * a :class:`~lightning.pytorch.callbacks.RichProgressBar`, unless the config disables
+      the progress bar or already lists a progress bar;
+    * a :class:`~mass_lightning.cli.FinalMetricsSummary`, unless the config lists one.
+    """
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """Build the trainer with the default callbacks added."""
+        config = self._get(self.config_init, "trainer", default={})
+        callbacks = config.get("callbacks") or []
+        callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
+        if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+            callbacks.append(RichProgressBar())
+        if not any(isinstance(c, FinalMetricsSummary) for c in callbacks):
+            callbacks.append(FinalMetricsSummary())
+        return super().instantiate_trainer(**{"callbacks": callbacks, **kwargs})
+
+
+def run_cli(
+    args: ArgsType = None, *, prog: str = "mass-lightning", description: str = DESCRIPTION
+) -> MassLightningCLI:
+    """Parse ``args``, build model, data and trainer, and run the subcommand.
+
+    Same as :func:`main`, but errors propagate as exceptions and the CLI object is
+    returned, with ``.model``, ``.datamodule`` and ``.trainer`` (and
+    ``trainer.callback_metrics`` after a run).
+
+    Args:
+        args: Command-line arguments, e.g. ``["fit", "--config", "configs/quickstart.yaml"]``;
+            ``None`` reads ``sys.argv[1:]``.
+        prog: Program name shown in help and errors.
+        description: Help text of the command.
+
+    Example:
+        >>> cli = run_cli(["validate", "--config", "configs/quickstart.yaml"])  # doctest: +SKIP
+        >>> cli.trainer.callback_metrics["val/consistency"]  # doctest: +SKIP
+        tensor(1.)
+    """
+    return MassLightningCLI(
+        model_class=BaseTask,
+        datamodule_class=LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        seed_everything_default=0,
+        parser_kwargs={"prog": prog, "description": description},
+        args=args,
+    )
+
+
+def main(args: ArgsType = None, *, prog: str = "mass-lightning", description: str = DESCRIPTION) -> None:
+    """Entry point of ``mass-lightning {fit,validate,test,predict} --config ...``.
+
+    The model is any :class:`~mass_lightning.tasks.BaseTask` subclass and the data any
+    ``LightningDataModule`` (``class_path`` + ``init_args`` in the config); several
+    ``--config`` files compose, the last one wins. jsonargparse reports unknown keys and
+    values of the wrong type; errors found while building the model or reading the data
+    (unknown backbone, missing dataset folder, ...) are printed as one ``error:`` line and
+    exit with code 2 (set ``MASS_LIGHTNING_DEBUG=1`` for the traceback).
+
+    Args:
+        args: Command-line arguments; ``None`` reads ``sys.argv[1:]``.
+        prog: Program name shown in help and errors.
+        description: Help text of the command.
+
+    Example:
+        >>> main(["fit", "--config", "configs/quickstart.yaml"])  # doctest: +SKIP
+    """
+    try:
+        run_cli(args, prog=prog, description=description)
+    except USER_ERRORS as error:
+        if os.environ.get(DEBUG_ENV_VAR, "").strip() not in ("", "0"):
+            raise
+        print(
+            f"{prog}: error: {type(error).__name__}: {error}\n(Set {DEBUG_ENV_VAR}=1 to see the full traceback.)",
+            file=sys.stderr,
+        )
+        raise SystemExit(2) from error

@@ -1,0 +1,269 @@
+"""Shared LightningModule logic: optimiser and schedule, metrics per split, shifted evaluation."""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
+from torch import Tensor, nn
+from torchmetrics import Metric, MetricCollection
+
+from ..metrics import ShiftSampler, roll_per_sample
+
+__all__ = ["BaseTask", "Schedule", "lr_factor"]
+
+Schedule = Literal["cosine", "poly", "constant"]
+SCHEDULES: tuple[str, ...] = ("cosine", "poly", "constant")
+EVAL_SPLITS: tuple[str, ...] = ("val", "test")
+
+
+def lr_factor(
+    step: int,
+    *,
+    total_steps: int,
+    schedule: Schedule = "cosine",
+    warmup_steps: int = 0,
+    power: float = 0.9,
+) -> float:
+    """Learning-rate multiplier at optimiser step ``step`` (0-based).
+
+    A linear warmup over ``warmup_steps`` steps (from ``1 / warmup_steps`` to 1), then,
+    over the remaining steps, cosine annealing to 0, polynomial decay
+    ``(1 - progress) ** power`` (the DeepLab "poly" schedule) or a constant.
+
+    Args:
+        step: Optimiser steps taken so far.
+        total_steps: Steps of the whole run (``trainer.estimated_stepping_batches``).
+        schedule: ``"cosine"``, ``"poly"`` or ``"constant"``.
+        warmup_steps: Steps of linear warmup.
+        power: Exponent of the ``"poly"`` schedule.
+
+    Returns:
+        The factor applied to the base learning rate.
+
+    Example:
+        >>> lr_factor(0, total_steps=100), lr_factor(50, total_steps=100), lr_factor(100, total_steps=100)
+        (1.0, 0.5, 0.0)
+        >>> round(lr_factor(50, total_steps=100, schedule="poly", power=1.0), 6)
+        0.5
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    if schedule == "poly":
+        return (1.0 - progress) ** power
+    return 1.0
+
+
+class BaseTask(LightningModule):
+    """Base of the MASS tasks (torchgeo style): hooks build the model, loss and metrics.
+
+    Subclasses take plain hyperparameters (strings, numbers), which
+    :meth:`save_hyperparameters` stores in every checkpoint, so
+    ``Task.load_from_checkpoint(path)`` rebuilds the network without pickled modules.
+    They implement :meth:`configure_models` (sets ``self.model``),
+    :meth:`configure_losses` (sets ``self.criterion``), :meth:`task_metrics`,
+    :meth:`consistency_metric` and :meth:`update_consistency`.
+
+    Every subclass takes these shared hyperparameters (read from ``self.hparams``):
+    ``lr``, ``momentum``, ``weight_decay``, ``nesterov`` (SGD), ``schedule`` and
+    ``warmup_steps`` (per-step learning-rate schedule, see :func:`lr_factor`),
+    ``poly_power`` (optional, default 0.9), ``consistency_seed`` and
+    ``eval_consistency``.
+
+    Shifted evaluation: every validation/test batch ``x`` gets an ordinary forward pass
+    for the loss and the task metrics (accuracy, mIoU: the numbers the paper reports),
+    and, if ``eval_consistency``, two more forward passes on ``roll_per_sample(x, a)``
+    and ``roll_per_sample(x, b)``, where ``a`` and ``b`` hold an independent uniform
+    circular shift per image. :class:`~mass_lightning.metrics.ShiftSampler` draws them
+    from ``(consistency_seed, rank, dataloader_idx, batch_idx)``, so they do not depend
+    on the global RNG and are the same in every epoch and run. Evaluation therefore
+    costs three forward passes per batch.
+
+    Logged keys: ``train/loss``, ``{split}/loss``, ``{split}/<metric>`` for each task
+    metric, and ``{split}/<consistency_name>`` for ``split`` in ``val``, ``test``.
+    """
+
+    #: Hyperparameters that only say where the initial weights come from. The trained
+    #: weights are in the checkpoint's ``state_dict``, so they are set to ``None`` in saved
+    #: checkpoints (``load_from_checkpoint`` then neither downloads nor needs the file).
+    pretrained_hparams: tuple[str, ...] = ()
+    #: Name of the consistency metric in the logs (``val/<consistency_name>``).
+    consistency_name: str = "consistency"
+
+    model: nn.Module
+    criterion: nn.Module
+
+    def __init__(self) -> None:
+        """Save the subclass's ``__init__`` arguments as hyperparameters and call the hooks."""
+        super().__init__()
+        self.save_hyperparameters()
+        schedule = self.hparams.get("schedule", "cosine")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"{type(self).__name__}: schedule must be one of {SCHEDULES}, got {schedule!r}.")
+        self.shift_sampler = ShiftSampler(int(self.hparams.get("consistency_seed", 0)))
+        self.configure_models()
+        self.configure_losses()
+        self.configure_metrics()
+
+    # ------------------------------------------------------------------ hooks
+    def configure_models(self) -> None:
+        """Build ``self.model`` from the hyperparameters."""
+        raise NotImplementedError(f"{type(self).__name__} must implement configure_models().")
+
+    def configure_losses(self) -> None:
+        """Build ``self.criterion`` from the hyperparameters."""
+        raise NotImplementedError(f"{type(self).__name__} must implement configure_losses().")
+
+    def task_metrics(self) -> MetricCollection:
+        """The metrics of one split, without prefix (they are cloned per split)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement task_metrics().")
+
+    def consistency_metric(self) -> Metric:
+        """A fresh shift-consistency metric."""
+        raise NotImplementedError(f"{type(self).__name__} must implement consistency_metric().")
+
+    def update_consistency(
+        self, metric: Metric, preds_a: Tensor, preds_b: Tensor, shifts_a: Tensor, shifts_b: Tensor, target: Tensor
+    ) -> None:
+        """Feed the outputs for the two shifted copies of a batch to ``metric``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement update_consistency().")
+
+    def configure_metrics(self) -> None:
+        """One prefixed clone of :meth:`task_metrics` per split, one consistency metric per eval split."""
+        metrics = self.task_metrics()
+        self.train_metrics = metrics.clone(prefix="train/")
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+        self.val_consistency = self.consistency_metric()
+        self.test_consistency = self.consistency_metric()
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Parameter groups of the optimiser (one group by default)."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
+    # ------------------------------------------------------------------ model
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits of ``self.model``."""
+        return self.model(x)
+
+    def setup(self, stage: str) -> None:
+        """Check that the datamodule's classes match the model's (a clear error instead of a CUDA assert)."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        for name in ("num_classes", "ignore_index"):
+            expected = getattr(datamodule, name, None)
+            configured = self.hparams.get(name)
+            if isinstance(expected, int) and configured is not None and expected != configured:
+                raise ValueError(
+                    f"{type(self).__name__}: model {name}={configured} but the datamodule "
+                    f"{type(datamodule).__name__} has {name}={expected}. Set model.init_args.{name}: {expected} "
+                    "in the config (or --model.init_args." + name + f" {expected})."
+                )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Drop the pretrained-weight sources: the checkpoint's ``state_dict`` holds the weights."""
+        hparams = checkpoint.get("hyper_parameters")
+        if isinstance(hparams, dict):
+            for name in self.pretrained_hparams:
+                if name in hparams:
+                    hparams[name] = None
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
+        """SGD with momentum and weight decay, and a per-step warmup + cosine/poly/constant schedule."""
+        hparams = self.hparams
+        optimizer = torch.optim.SGD(
+            self.parameter_groups(),
+            lr=hparams["lr"],
+            momentum=hparams.get("momentum", 0.9),
+            weight_decay=hparams.get("weight_decay", 5e-4),
+            nesterov=hparams.get("nesterov", False),
+        )
+        schedule = hparams.get("schedule", "cosine")
+        total_steps = self.trainer.estimated_stepping_batches
+        if schedule != "constant" and not math.isfinite(total_steps):
+            raise ValueError(
+                f"{type(self).__name__}: the {schedule!r} schedule needs a finite run; set trainer.max_epochs or "
+                "trainer.max_steps, or use schedule: constant."
+            )
+        factor = partial(
+            lr_factor,
+            total_steps=int(total_steps) if math.isfinite(total_steps) else 1,
+            schedule=schedule,
+            warmup_steps=int(hparams.get("warmup_steps", 0)),
+            power=float(hparams.get("poly_power", 0.9)),
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ steps
+    @staticmethod
+    def _unpack(batch: Any) -> tuple[Tensor, Tensor]:
+        if isinstance(batch, (tuple, list)) and len(batch) == 2:
+            return batch[0], batch[1]
+        raise TypeError(
+            f"Expected (image, target) batches, got {type(batch).__name__}"
+            f"{f' of length {len(batch)}' if isinstance(batch, (tuple, list)) else ''}. "
+            "Use a mass_lightning.data datamodule or a loader that yields (image, target) pairs."
+        )
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        """Loss on the batch; logs ``train/loss`` and the task metrics."""
+        x, y = self._unpack(batch)
+        logits = self(x)
+        loss = self.criterion(logits, y)
+        self.train_metrics.update(logits.detach(), y)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=x.shape[0])
+        self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=x.shape[0])
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Loss, task metrics and shift consistency on a validation batch."""
+        self._evaluate("val", batch, batch_idx, dataloader_idx)
+
+    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Loss, task metrics and shift consistency on a test batch."""
+        self._evaluate("test", batch, batch_idx, dataloader_idx)
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        """Predicted labels (``argmax`` over classes) of a batch or of ``(image, target)``."""
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self(x).argmax(dim=1)
+
+    def shifted_predictions(
+        self, x: Tensor, batch_idx: int, dataloader_idx: int = 0
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Outputs for two seeded random circular shifts of every image of ``x``.
+
+        Returns:
+            ``(preds_a, preds_b, shifts_a, shifts_b)``: the model's outputs on
+            ``roll_per_sample(x, shifts_a)`` and ``roll_per_sample(x, shifts_b)``, and the
+            ``(B, 2)`` shifts.
+        """
+        batch_size, height, width = x.shape[0], x.shape[-2], x.shape[-1]
+        shifts_a, shifts_b = self.shift_sampler.sample_pair(
+            batch_size, height, width, batch_idx=batch_idx, rank=self.global_rank,
+            dataloader_idx=dataloader_idx, device=x.device,
+        )  # fmt: skip
+        return self(roll_per_sample(x, shifts_a)), self(roll_per_sample(x, shifts_b)), shifts_a, shifts_b
+
+    def _evaluate(self, split: str, batch: Any, batch_idx: int, dataloader_idx: int) -> None:
+        x, y = self._unpack(batch)
+        batch_size = x.shape[0]
+        logits = self(x)
+        metrics: MetricCollection = getattr(self, f"{split}_metrics")
+        metrics.update(logits, y)
+        self.log(f"{split}/loss", self.criterion(logits, y), prog_bar=split == "val", sync_dist=True,
+                 batch_size=batch_size)  # fmt: skip
+        self.log_dict(metrics, prog_bar=split == "val", batch_size=batch_size)
+        if self.hparams.get("eval_consistency", True):
+            consistency: Metric = getattr(self, f"{split}_consistency")
+            preds_a, preds_b, shifts_a, shifts_b = self.shifted_predictions(x, batch_idx, dataloader_idx)
+            self.update_consistency(consistency, preds_a, preds_b, shifts_a, shifts_b, y)
+            self.log(f"{split}/{self.consistency_name}", consistency, prog_bar=split == "val", batch_size=batch_size)

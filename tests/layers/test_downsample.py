@@ -1,0 +1,193 @@
+"""MASS / APS / circular downsampling layers: exact equivariance, shapes, dtypes, errors."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+from mass_lightning.layers import (
+    DDAC,
+    APSAvgPool2d,
+    APSConv2d,
+    APSMaxPool2d,
+    Blur2d,
+    CircularAvgPool2d,
+    CircularConv2d,
+    CircularMaxPool2d,
+    MASSAvgPool2d,
+    MASSConv2d,
+    MASSDownsample,
+    MASSMaxPool2d,
+    OriginScope,
+    mass_downsample,
+)
+
+
+def roll(x, shift):
+    return torch.roll(x, tuple(shift), dims=(2, 3))
+
+
+def make(kind: str, sampling: str, stride: int, antialias: str | None, channels: int = 3) -> nn.Module:
+    aa = None
+    if antialias == "lpf3":
+        aa = Blur2d(3)
+    classes = {
+        "conv": {"fixed": CircularConv2d, "mass": MASSConv2d, "aps": APSConv2d},
+        "max": {"fixed": CircularMaxPool2d, "mass": MASSMaxPool2d, "aps": APSMaxPool2d},
+        "avg": {"fixed": CircularAvgPool2d, "mass": MASSAvgPool2d, "aps": APSAvgPool2d},
+    }[kind][sampling]
+    if kind == "conv":
+        if antialias == "ddac3":
+            aa = DDAC(4, 3)
+        kernel, padding = (3, 1) if stride == 2 else (4, 0)
+        return classes(channels, 4, kernel, stride=stride, padding=padding, antialias=aa)
+    if antialias == "ddac3":
+        aa = DDAC(channels, 3, group=1)
+    kernel, padding = (3, 1) if kind == "max" else (stride, 0)
+    return classes(kernel, stride, padding, antialias=aa)
+
+
+def check_equivariant(layer: nn.Module, x: torch.Tensor, shifts, exact: bool = True) -> None:
+    """All shifted copies go through the layer as one batch (origins are per sample)."""
+    stride = torch.tensor(layer._stride_pair())
+    shifts = torch.tensor(list(shifts)).view(-1, 2)
+    y = layer(x)
+    origin = layer.last_origin
+    batch = x.shape[0]
+    shifted = torch.cat([roll(x, d.tolist()) for d in shifts])
+    y2 = layer(shifted).view(len(shifts), batch, *y.shape[1:])
+    origin2 = layer.last_origin.view(len(shifts), batch, 2)
+    for i, d in enumerate(shifts):
+        k = torch.div(d + origin - origin2[i], stride, rounding_mode="floor")
+        for b in range(batch):
+            expected = torch.roll(y[b], tuple(k[b].tolist()), dims=(1, 2))
+            if exact:
+                assert torch.equal(y2[i, b], expected), f"{layer} not exact for shift {d.tolist()}"
+            else:
+                torch.testing.assert_close(y2[i, b], expected, atol=1e-5, rtol=1e-5)
+
+
+KINDS = ["conv", "max", "avg"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("sampling", ["mass", "aps"])
+@pytest.mark.parametrize("antialias", [None, "lpf3", "ddac3"])
+@pytest.mark.parametrize("stride", [2, 4])
+def test_every_shift_exact(kind, sampling, antialias, stride):
+    torch.manual_seed(0)
+    layer = make(kind, sampling, stride, antialias).eval()
+    x = torch.randn(2, 3, 8, 12)
+    check_equivariant(layer, x, itertools.product(range(8), range(12)))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_random_shifts_larger_input(kind):
+    torch.manual_seed(1)
+    layer = make(kind, "mass", 2, None, channels=8).eval()
+    x = torch.randn(3, 8, 48, 80)
+    shifts = [(int(a), int(b)) for a, b in zip(torch.randint(0, 48, (20,)), torch.randint(0, 80, (20,)))]
+    check_equivariant(layer, x, shifts)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_baseline_is_not_equivariant(kind):
+    torch.manual_seed(2)
+    layer = make(kind, "fixed", 2, None).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.raises(AssertionError):
+        check_equivariant(layer, x, [(1, 0), (0, 1), (1, 1)])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_mass_equals_original_op_on_shifted_input(kind):
+    """MASS runs the original op unchanged: at origin (0, 0) it is the circular op itself."""
+    torch.manual_seed(3)
+    mass = make(kind, "mass", 2, None)
+    x = torch.randn(1, 3, 8, 8)
+    y = mass(x)
+    origin = mass.last_origin[0]
+    plain = make(kind, "fixed", 2, None)
+    plain.load_state_dict(mass.state_dict())
+    torch.testing.assert_close(y, plain(roll(x, (-origin).tolist())))
+
+
+def test_zero_padded_weights_mean_the_same_in_the_interior():
+    torch.manual_seed(4)
+    conv = nn.Conv2d(3, 5, 3, stride=2, padding=1)
+    circ = CircularConv2d.from_conv(conv)
+    x = torch.randn(1, 3, 12, 12)
+    torch.testing.assert_close(circ(x)[..., 1:-1, 1:-1], conv(x)[..., 1:-1, 1:-1])
+    assert list(circ.state_dict()) == list(conv.state_dict())
+
+
+def test_batch_one_non_square_channels_last_stride4():
+    torch.manual_seed(5)
+    layer = make("conv", "mass", 4, None).eval()
+    x = torch.randn(1, 3, 16, 24).to(memory_format=torch.channels_last)
+    check_equivariant(layer, x, [(1, 3), (5, 7), (15, 23)])
+    assert layer(x).shape == (1, 4, 4, 6)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_bf16_autocast(kind):
+    torch.manual_seed(6)
+    layer = make(kind, "mass", 2, None).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        check_equivariant(layer, x, itertools.product(range(0, 8, 3), range(8)))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("sampling", ["mass", "aps"])
+def test_gradcheck(kind, sampling):
+    torch.manual_seed(7)
+    layer = make(kind, sampling, 2, None).double()
+    x = torch.randn(2, 3, 4, 4, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(layer, (x,))
+
+
+def test_errors_are_clear():
+    conv = MASSConv2d(3, 4, 3, stride=2, padding=1)
+    with pytest.raises(ValueError, match=r"MASSConv2d.*7x8 is not divisible by the stride 2x2"):
+        conv(torch.randn(1, 3, 7, 8))
+    with pytest.raises(ValueError, match="4-D input"):
+        conv(torch.randn(3, 8, 8))
+    with pytest.raises(ValueError, match="expected 3 input channels"):
+        conv(torch.randn(1, 5, 8, 8))
+    with pytest.raises(ValueError, match="not divisible"):
+        MASSMaxPool2d(2)(torch.randn(1, 1, 6, 5))
+
+
+def test_scope_shares_origin_between_branches():
+    torch.manual_seed(8)
+    main, shortcut = MASSConv2d(3, 4, 3, stride=2, padding=1), MASSConv2d(3, 4, 1, stride=2)
+    scope = OriginScope()
+    main.scope = shortcut.scope = scope
+    x = torch.randn(4, 3, 8, 8)
+    scope.reset()
+    main(x)
+    shortcut(torch.randn(4, 3, 8, 8))  # would choose differently on its own
+    assert torch.equal(main.last_origin, shortcut.last_origin)
+    scope.reset()
+    assert scope.origin is None
+
+
+def test_generic_wrapper_and_functional():
+    torch.manual_seed(9)
+    pool = nn.AvgPool2d(2)
+    wrapped = MASSDownsample(pool, stride=2)
+    x = torch.randn(2, 3, 8, 8)
+    y, origin = mass_downsample(x, pool, 2)
+    torch.testing.assert_close(wrapped(x), y)
+    assert torch.equal(wrapped.last_origin, origin)
+    check_equivariant(wrapped, x, itertools.product(range(8), range(8)))
+    conv = nn.Conv2d(3, 4, 2, stride=2)
+    state = MASSDownsample(conv, 2).state_dict()
+    assert list(state) == ["weight", "bias"]
+    fresh = MASSDownsample(nn.Conv2d(3, 4, 2, stride=2), 2)
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.module.weight, conv.weight)
