@@ -103,8 +103,16 @@ def main(args: ArgsType = None, *, prog: str = "mass-lightning", description: st
     except USER_ERRORS as error:
         if os.environ.get(DEBUG_ENV_VAR, "").strip() not in ("", "0"):
             raise
+        cause = _root_cause(error)
         print(
-            f"{prog}: error: {type(error).__name__}: {error}\n(Set {DEBUG_ENV_VAR}=1 to see the full traceback.)",
+            f"{prog}: error: {type(cause).__name__}: {cause}\n(Set {DEBUG_ENV_VAR}=1 to see the full traceback.)",
             file=sys.stderr,
         )
         raise SystemExit(2) from error
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    """The innermost configuration/data error (jsonargparse wraps errors raised in ``__init__``)."""
+    while isinstance(error.__cause__, USER_ERRORS):
+        error = error.__cause__
+    return error

@@ -27,6 +27,7 @@ from ..layers.downsample import (
     MASSMaxPool2d,
 )
 from ..layers.polyphase import as_pair
+from ..layers.pooling import ExactGlobalAvgPool2d
 from ..layers.scope import OriginScope
 
 __all__ = ["METHODS", "Antialias", "convert", "parse_antialias"]
@@ -81,8 +82,9 @@ def convert(
     """Return a shift-equivariant copy of ``model``; ``model`` itself is left untouched.
 
     Every ``nn.Conv2d``, ``nn.MaxPool2d`` and ``nn.AvgPool2d`` is swapped for its circular
-    counterpart from :mod:`mass_lightning.layers` (same parameters and buffers). Strided
-    ones get the chosen sampling:
+    counterpart from :mod:`mass_lightning.layers` (same parameters and buffers), and every
+    global ``nn.AdaptiveAvgPool2d`` for an order-independent one (bit-identical logits
+    for shifted inputs). Strided ones get the chosen sampling:
 
     * ``"baseline"``: circular padding only (the original phase-0 subsampling);
     * ``"mass"``: MASS, the original op run on the input shifted to its origin;
@@ -130,7 +132,7 @@ def convert(
 
     converted = copy.deepcopy(model)
     pool_channels = _pool_channels(model, example_input) if spec is not None and spec.kind == "ddac" else {}
-    if isinstance(converted, _SWAPPABLE):
+    if isinstance(converted, (*_SWAPPABLE, nn.AdaptiveAvgPool2d)):
         return _swap(converted, method, spec, pool_channels.get("")) or converted
     for qualname, parent in list(converted.named_modules()):
         for name, child in list(parent.named_children()):
@@ -150,6 +152,8 @@ _SWAPPABLE = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
 
 def _swap(module: nn.Module, method: str, spec: Antialias | None, pool_channels: int | None) -> nn.Module | None:
     """The circular replacement of one layer, or ``None`` to keep it."""
+    if type(module) is nn.AdaptiveAvgPool2d and _is_global(module.output_size):
+        return ExactGlobalAvgPool2d()
     if isinstance(module, EquivariantDownsample) or not isinstance(module, _SWAPPABLE):
         return None
     strided = as_pair(module.stride if module.stride is not None else module.kernel_size) != (1, 1)
@@ -204,6 +208,11 @@ def _pool_channels(model: nn.Module, example_input: Tensor | None) -> dict[str, 
         for handle in handles:
             handle.remove()
     return found
+
+
+def _is_global(output_size: int | tuple[int | None, ...] | None) -> bool:
+    sizes = output_size if isinstance(output_size, tuple) else (output_size, output_size)
+    return all(size == 1 for size in sizes)
 
 
 def _no_padding(padding: int | tuple[int, ...] | str) -> bool:

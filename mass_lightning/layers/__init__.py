@@ -18,6 +18,7 @@ from .downsample import (
     subsample,
 )
 from .generic import MASSDownsample, mass_downsample
+from .pooling import ExactGlobalAvgPool2d, exact_global_avg_pool2d
 from .polyphase import check_divisible, polyphase_energy, polyphase_statistics, select_origin
 from .scope import OriginScope
 from .upsample import (
@@ -42,6 +43,7 @@ __all__ = [
     "DDAC",
     "DownsampleState",
     "EquivariantDownsample",
+    "ExactGlobalAvgPool2d",
     "MASSAvgPool2d",
     "MASSConv2d",
     "MASSConvTranspose2d",
@@ -59,6 +61,7 @@ __all__ = [
     "circular_interpolate",
     "circular_pad",
     "conv_padding",
+    "exact_global_avg_pool2d",
     "ddac2d",
     "mass_downsample",
     "polyphase_energy",

@@ -35,6 +35,18 @@ smallest power of two above the sample's max ``|x|`` (an exact, shift-invariant 
 and ``K`` is as large as ``int64`` allows for the component size. Tie-breaking statistics
 are computed only when some sample of the batch has a tie after step 1.
 
+**Fast path, same result.** Most samples have one component whose energy is ahead of the
+others by far more than any rounding error. :func:`select_origin` therefore first sums
+the float32 squares per component in two stages (float32 partial sums along one
+dimension, then float64), and bounds the distance of that sum to the exact integer energy
+``E(o)`` by the worst-case error of a float sum of non-negative terms (valid for any
+summation order) plus the truncation of ``q``. A sample whose winner is ahead by more than
+that bound has the same argmax as the exact rule, provably; only the other samples
+(near-ties, exact ties, tiny or non-finite values) go through the exact integer
+computation. The result is the same function of the input, computed in two passes over
+the map instead of eight. Under ``torch.compile`` the fallback is a ``torch.cond`` over the
+whole batch instead of a Python branch, so selection causes no graph break.
+
 What no rule can do (see ``docs/exactness.md``): if two candidate origins give inputs that
 are *different* but agree in every statistic, the choice is arbitrary; and if ``x`` is
 periodic with a period that is not a multiple of the stride, no covariant origin exists at
@@ -126,13 +138,19 @@ def _normalised(x: Tensor, num_terms: int, order: int) -> tuple[Tensor, float]:
     return xf * scale, float(2 ** (budget - order * per_factor))
 
 
-def _reduce_components(terms: Tensor, stride: tuple[int, int]) -> Tensor:
-    """Sum int64 ``terms`` (B, C, H, W) per polyphase component -> (B, sy * sx)."""
+def _component_view(x: Tensor, stride: tuple[int, int]) -> Tensor:
+    """``(B, C, H, W)`` -> ``(B, C, H / sy, sy, W / sx, sx)``; a view for any memory format."""
     sy, sx = stride
-    return torch.stack(
-        [terms[:, :, a::sy, b::sx].sum(dim=(1, 2, 3)) for a in range(sy) for b in range(sx)],
-        dim=1,
-    )
+    batch, channels, height, width = x.shape
+    return x.view(batch, channels, height // sy, sy, width // sx, sx)
+
+
+def _reduce_components(terms: Tensor, stride: tuple[int, int]) -> Tensor:
+    """Sum int64 ``terms`` (B, C, H, W) per polyphase component -> (B, sy * sx).
+
+    One reduction over a strided view; integer sums do not depend on the order.
+    """
+    return _component_view(terms, stride).sum(dim=(1, 2, 4)).reshape(terms.shape[0], -1)
 
 
 def _quantise(values: Tensor, multiplier: float) -> Tensor:
@@ -194,6 +212,70 @@ def _lexicographic_argmax(stats: Tensor, candidates: Tensor) -> Tensor:
     return candidates.to(torch.uint8).argmax(dim=1)
 
 
+def _gamma(terms: int, unit_roundoff: float) -> float:
+    """Worst-case relative error of a float sum of ``terms`` non-negative numbers."""
+    return terms * unit_roundoff / (1.0 - terms * unit_roundoff)
+
+
+def _fast_energy_argmax(x: Tensor, stride: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """Argmax of :func:`polyphase_energy` for the samples where a float sum proves it.
+
+    Returns ``(index, decided)``: ``index[b]`` equals the exact rule's choice wherever
+    ``decided[b]``. With ``t_p = fl32(x_p^2)``, ``T(o) = sum t_p`` (exact real sum) and
+    ``c = 2^(budget - 2e)``, every quantised term is ``q_p = trunc(c * t_p)`` (scaling by
+    powers of two commutes with float32 rounding; terms that under- or overflow differently
+    are below ``1 / c`` once ``max |x| >= 2^-32``), so ``c T(o) - n < E(o) <= c T(o)``. The
+    float sum ``S(o)`` has ``|S(o) - T(o)| <= delta T(o)``, and ``n / c <= 4 n max(x^2) /
+    2^budget <= slack``. A winner ahead of every other component by
+    ``2 delta (S_1 + S_2) + 2 slack`` therefore wins the exact comparison strictly.
+    """
+    sy, sx = stride
+    batch, channels, height, width = x.shape
+    rows, cols = height // sy, width // sx
+    num_terms = channels * rows * cols
+    squares = x.detach().float().square()
+    # Float32 partial sums along a dimension that is cheap to reduce for the layout, then
+    # float64: ``short`` terms each in float32, ``long`` float64 terms per component.
+    if squares.is_contiguous() or not squares.is_contiguous(memory_format=torch.channels_last):
+        partial = squares.view(batch, channels, rows, sy, width).sum(dim=2)  # (B, C, sy, W)
+        sums = partial.double().view(batch, channels, sy, cols, sx).sum(dim=(1, 3))
+        short, long = rows, channels * cols
+    else:
+        partial = squares.sum(dim=1)  # (B, H, W), channels-last: reduce the contiguous dim
+        sums = partial.double().view(batch, rows, sy, cols, sx).sum(dim=(1, 3))
+        short, long = channels, rows * cols
+    sums = sums.reshape(batch, sy * sx)
+    # The extra (1 + 2^-24) covers a compiler that contracts square-and-add into an FMA.
+    delta = (1.0 + 2.0**-24) * (1.0 + _gamma(short, 2.0**-24)) * (1.0 + _gamma(long, 2.0**-53)) - 1.0
+    budget = _INT64_BUDGET_BITS - max(1, math.ceil(math.log2(max(num_terms, 2))))
+    total = sums.sum(dim=1)
+    peak_sq = total / ((1.0 - delta) * (1.0 - 2.0**-24))  # >= max x^2
+    slack = 4.0 * num_terms * peak_sq * 2.0**-budget
+    top = sums.topk(2, dim=1).values
+    gap = top[:, 0] - top[:, 1]
+    decided = (
+        torch.isfinite(total)
+        & (total >= 2.0 * (1.0 + delta) * channels * height * width * 2.0**-64)  # max |x| >= 2^-32
+        & (gap > 2.0 * delta * (top[:, 0] + top[:, 1]) + 2.0 * slack)
+    )
+    return sums.argmax(dim=1), decided
+
+
+def _exact_energy_argmax(x: Tensor, stride: tuple[int, int]) -> Tensor:
+    """Flat index of the origin by the exact integer rule (steps 1-4 of the module docs)."""
+    energy = polyphase_energy(x, stride)
+    best = energy == energy.amax(dim=1, keepdim=True)
+    if bool((best.sum(dim=1) > 1).any()):
+        return _lexicographic_argmax(polyphase_statistics(x, stride), best)
+    return best.to(torch.uint8).argmax(dim=1)
+
+
+def _exact_index_branch_free(x: Tensor, stride: tuple[int, int]) -> Tensor:
+    """The exact rule without a data-dependent branch: every statistic of every sample."""
+    stats = polyphase_statistics(x, stride)
+    return _lexicographic_argmax(stats, torch.ones_like(stats[:, 0], dtype=torch.bool))
+
+
 def select_origin(x: Tensor, stride: int | tuple[int, int]) -> Tensor:
     """Per-sample MASS origin: the polyphase component chosen by the exact rule above.
 
@@ -221,14 +303,24 @@ def select_origin(x: Tensor, stride: int | tuple[int, int]) -> Tensor:
     """
     sy, sx = as_pair(stride)
     batch = x.shape[0]
+    check_divisible(x, (sy, sx), "select_origin")
     if sy == 1 and sx == 1:
-        check_divisible(x, (1, 1), "select_origin")
         return torch.zeros(batch, 2, dtype=torch.int64, device=x.device)
     with torch.autocast(device_type=x.device.type, enabled=False):
-        energy = polyphase_energy(x, (sy, sx))
-        best = energy == energy.amax(dim=1, keepdim=True)
-        if bool((best.sum(dim=1) > 1).any()):
-            index = _lexicographic_argmax(polyphase_statistics(x, (sy, sx)), best)
+        index, decided = _fast_energy_argmax(x, (sy, sx))
+        if torch.compiler.is_compiling():
+            # torch.cond instead of a Python branch: no graph break. The exact rule then runs
+            # on the whole batch, with every statistic for every sample (the lexicographic
+            # argmax ignores the tie-breakers of untied samples, so the result is the same).
+            index = torch.cond(
+                decided.all(),
+                lambda fast, _: fast.clone(),
+                lambda _, inputs: _exact_index_branch_free(inputs, (sy, sx)),
+                (index, x.detach()),
+            )
         else:
-            index = best.to(torch.uint8).argmax(dim=1)
+            if not bool(decided.all()):
+                rest = (~decided).nonzero().flatten()
+                exact = _exact_energy_argmax(x.detach().index_select(0, rest), (sy, sx))
+                index = index.index_copy(0, rest, exact)
     return torch.stack((index // sx, index % sx), dim=1)

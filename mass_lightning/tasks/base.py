@@ -88,6 +88,12 @@ class BaseTask(LightningModule):
 
     Logged keys: ``train/loss``, ``{split}/loss``, ``{split}/<metric>`` for each task
     metric, and ``{split}/<consistency_name>`` for ``split`` in ``val``, ``test``.
+
+    Example:
+        >>> from mass_lightning.tasks import ClassificationTask
+        >>> task = ClassificationTask(backbone="resnet20", method="mass", num_classes=6)
+        >>> Trainer(max_epochs=1).fit(task, datamodule=PeriodicDefectsDataModule())  # doctest: +SKIP
+        >>> task = ClassificationTask.load_from_checkpoint("last.ckpt")  # doctest: +SKIP
     """
 
     #: Hyperparameters that only say where the initial weights come from. The trained

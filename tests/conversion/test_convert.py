@@ -127,3 +127,17 @@ def test_single_layer_and_warnings():
     assert isinstance(convert(nn.Conv2d(3, 4, 3, stride=2, padding=1)), MASSConv2d)
     with pytest.warns(UserWarning, match="pads non-circularly"):
         convert(nn.Sequential(nn.ZeroPad2d(1), nn.Conv2d(3, 3, 3)))
+
+
+def test_global_pool_is_order_independent_so_logits_are_bit_identical():
+    from mass_lightning import get_backbone
+    from mass_lightning.layers import ExactGlobalAvgPool2d
+
+    torch.manual_seed(5)
+    model = get_backbone("resnet20", method="mass", num_classes=10).eval()
+    assert isinstance(model.avgpool, ExactGlobalAvgPool2d)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        reference = model(x)
+        for shift in [(1, 0), (0, 1), (3, 29), (17, 5)]:
+            assert torch.equal(model(torch.roll(x, shift, (2, 3))), reference)

@@ -1,0 +1,52 @@
+"""Smoke run of ``benchmarks/speed.py`` on tiny sizes: it runs and writes its outputs.
+
+No timing assertions: the numbers of a run this small mean nothing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "speed.py"
+
+
+@pytest.fixture(scope="module")
+def speed():
+    spec = importlib.util.spec_from_file_location("benchmark_speed", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_run_writes_json_and_markdown(speed, tmp_path, capsys):
+    threads = torch.get_num_threads()
+    try:
+        speed.main([
+            "--quick", "--models", "resnet18", "--methods", "original", "mass", "aps",
+            "--batch-size", "1", "--image-size", "32", "--rounds", "1", "--warmup", "0",
+            "--device", "cpu", "--output-dir", str(tmp_path),
+        ])
+    finally:
+        torch.set_num_threads(threads)
+    payload = json.loads((tmp_path / "speed.json").read_text())
+    assert payload["machine"]["torch"] == torch.__version__
+    assert payload["machine"]["torch_threads"] == 1
+    methods = payload["results"]["resnet18"]["methods"]
+    assert set(methods) == {"original", "mass", "aps"}
+    for row in methods.values():
+        assert row["inference"]["min_s"] > 0 and row["train"]["min_s"] > 0
+        assert row["peak_train_bytes"] > 0
+    assert methods["original"]["inference"]["ratio_of_min"] == 1.0
+    table = (tmp_path / "speed.md").read_text()
+    assert "| resnet18 | mass |" in table
+    assert "mass" in capsys.readouterr().out
+
+
+def test_rejects_sizes_the_models_cannot_divide(speed):
+    with pytest.raises(SystemExit):
+        speed.parse_args(["--image-size", "100"])

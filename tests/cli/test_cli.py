@@ -1,0 +1,205 @@
+"""The mass-lightning and lightning commands: runs, real data, checkpoints, errors, forwarding."""
+
+from __future__ import annotations
+
+import runpy
+import sys
+from importlib.metadata import EntryPoint
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+
+import mass_lightning.cli.lightning as lightning_cli
+from mass_lightning.cli import DEBUG_ENV_VAR, FinalMetricsSummary, format_summary, lightning_main, main, run_cli
+from mass_lightning.data import data_root
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+QUICKSTART = str(REPO_ROOT / "configs" / "quickstart.yaml")
+CIFAR = [
+    str(REPO_ROOT / "configs" / "classification" / name)
+    for name in ("cifar10.yaml", "models/resnet20.yaml", "methods/mass.yaml")
+]
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def config_args(*paths: str | Path) -> list[str]:
+    return [arg for path in paths for arg in ("--config", str(path))]
+
+
+@pytest.fixture
+def in_tmp(tmp_path: Path, monkeypatch) -> Path:
+    """Run in a temporary folder, so that loggers and checkpoints write there."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_python_m_runs_the_cli(capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["mass_lightning", "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module("mass_lightning", run_name="__main__")
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "{fit,validate,test,predict}" in out and "shift-equivariant" in out
+
+
+def test_fit_prints_final_summary(in_tmp, tiny_config, capsys):
+    main(["fit", *config_args(QUICKSTART, tiny_config("classification")), "--trainer.max_steps", "2",
+          "--trainer.limit_val_batches", "1"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert "Final validation metrics" in out
+    assert "resnet20 (mass) | val: acc " in out and "consistency 1.0000" in out
+
+
+def test_callbacks_added_once(in_tmp, tiny_config):
+    cli = run_cli(["fit", *config_args(QUICKSTART, tiny_config("classification")), "--trainer.fast_dev_run", "1"])
+    names = [type(callback).__name__ for callback in cli.trainer.callbacks]
+    assert names.count("RichProgressBar") == 1 and names.count("FinalMetricsSummary") == 1
+    cli = run_cli(["fit", *config_args(QUICKSTART, tiny_config("classification")), "--trainer.fast_dev_run", "1",
+                   "--trainer.enable_progress_bar", "false"])  # fmt: skip
+    assert not any(type(callback).__name__ == "RichProgressBar" for callback in cli.trainer.callbacks)
+
+
+def test_checkpoint_then_validate_test_predict(in_tmp, tiny_config):
+    tiny = tiny_config("classification", trainer={"logger": False, "max_epochs": 1, "limit_train_batches": 2,
+                                                  "limit_val_batches": 1})  # fmt: skip
+    cli = run_cli(["fit", *config_args(QUICKSTART, tiny)])
+    checkpoint = cli.trainer.checkpoint_callback.best_model_path
+    assert Path(checkpoint).is_file()
+    fitted = cli.model.eval()
+
+    cli = run_cli(["validate", *config_args(QUICKSTART, tiny), "--ckpt_path", checkpoint])
+    assert cli.trainer.callback_metrics["val/consistency"].item() == 1.0
+    cli = run_cli(["test", *config_args(QUICKSTART, tiny), "--ckpt_path", checkpoint])
+    assert {"test/acc", "test/consistency", "test/loss"} <= set(cli.trainer.callback_metrics)
+
+    cli = run_cli(["predict", *config_args(QUICKSTART, tiny), "--ckpt_path", checkpoint])
+    predictions = torch.cat(cli.trainer.predict_loop.predictions)
+    images = torch.cat([images for images, _ in cli.datamodule.predict_dataloader()])
+    assert predictions.shape == (4,) and predictions.dtype == torch.int64
+    with torch.no_grad():
+        assert torch.equal(predictions, fitted(images).argmax(dim=1))
+
+
+def test_validate_real_cifar10_mass_consistency_is_one(in_tmp):
+    root = data_root() / "cifar10-jpeg"
+    if not (root / "test").is_dir():
+        pytest.skip(f"CIFAR-10 JPEG folder not found at {root}; set MASS_LIGHTNING_DATA")
+    cli = run_cli(["validate", *config_args(*CIFAR), "--trainer.accelerator", "cpu", "--trainer.logger", "false",
+                   "--trainer.limit_val_batches", "2", "--data.init_args.batch_size", "16",
+                   "--data.init_args.num_workers", "0"])  # fmt: skip
+    metrics = cli.trainer.callback_metrics
+    assert metrics["val/consistency"].item() == 1.0
+    assert 0.0 <= metrics["val/acc"].item() <= 1.0
+
+
+# ---------------------------------------------------------------- errors
+def test_unknown_key_is_reported(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", QUICKSTART, "--model.init_args.methd", "mass", "--print_config"])
+    assert exit_info.value.code == 2
+    assert "'methd' is not accepted" in capsys.readouterr().err
+
+
+def test_bad_method_is_reported(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", QUICKSTART, "--model.init_args.method", "masss", "--print_config"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "masss" in err and "'baseline', 'mass', 'aps'" in err
+
+
+def test_unknown_backbone_is_one_clear_line(in_tmp, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", QUICKSTART, "--model.init_args.backbone", "resnet21"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "mass-lightning: error: ValueError: Unknown backbone 'resnet21'. Available:" in err
+    assert "Subtypes" not in err
+
+
+def test_missing_dataset_folder(in_tmp, capsys, monkeypatch):
+    missing = in_tmp / "no-cifar-here"
+    args = ["validate", *config_args(*CIFAR), "--trainer.accelerator", "cpu", "--trainer.logger", "false",
+            "--data.init_args.root", str(missing)]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"no CIFAR-10 at '{missing}'" in err and "MASS_LIGHTNING_DATA" in err and DEBUG_ENV_VAR in err
+    monkeypatch.setenv(DEBUG_ENV_VAR, "1")
+    with pytest.raises(FileNotFoundError):
+        main(args)
+
+
+def test_num_classes_mismatch(in_tmp, tiny_config, capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", *config_args(QUICKSTART, tiny_config("classification", model={"num_classes": 10})),
+              "--trainer.fast_dev_run", "1"])  # fmt: skip
+    assert "model num_classes=10 but the datamodule PeriodicDefectsDataModule has num_classes=6" in (
+        capsys.readouterr().err
+    )
+
+
+# ---------------------------------------------------------------- summary
+def test_format_summary_orders_loss_last():
+    line = format_summary({"val/loss": 0.5, "val/consistency": 1.0, "val/acc": 0.25, "train/acc": 0.1}, "val")
+    assert line == "val: acc 0.2500, consistency 1.0000, loss 0.5000"
+
+
+def test_summary_console_is_configurable(in_tmp, tiny_config):
+    console = Console(record=True, width=120)
+    summary = FinalMetricsSummary(console=console)
+    cli = run_cli(["validate", *config_args(QUICKSTART, tiny_config("classification")), "--trainer.logger", "false"],
+                  )  # fmt: skip
+    summary.on_validation_end(cli.trainer, cli.model)
+    summary.teardown(cli.trainer, cli.model, "validate")
+    text = console.export_text()
+    assert "val/consistency" in text and summary.last_summary.startswith("resnet20 (mass) | val: acc ")
+
+
+# ---------------------------------------------------------------- lightning wrapper
+def test_lightning_fit_dispatches_to_the_cli(in_tmp, tiny_config, capsys):
+    lightning_main(["fit", *config_args(QUICKSTART, tiny_config("classification")), "--trainer.fast_dev_run", "1"])
+    assert "consistency 1.0000" in capsys.readouterr().out
+
+
+def test_lightning_help_names_both_roles(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        lightning_main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: lightning" in out and "lightning-sdk" in out
+
+
+def test_lightning_other_subcommand_without_sdk(monkeypatch, capsys):
+    monkeypatch.setattr(lightning_cli, "find_sdk_entry_point", lambda: None)
+    with pytest.raises(SystemExit) as exit_info:
+        lightning_main(["login"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "'login'" in err and "pip install lightning-sdk" in err and "mass-lightning fit" in err
+
+
+def test_lightning_other_subcommand_is_forwarded(monkeypatch):
+    seen = {}
+
+    def fake_sdk() -> int:
+        seen["argv"] = list(sys.argv)
+        return 0
+
+    monkeypatch.setattr(lightning_cli, "find_sdk_entry_point", lambda: fake_sdk)
+    assert lightning_main(["studio", "ls", "--all"]) == 0
+    assert seen["argv"] == ["lightning", "studio", "ls", "--all"]
+
+
+def test_find_sdk_entry_point_skips_our_own_script(monkeypatch):
+    own = EntryPoint("lightning", "mass_lightning.cli:lightning_main", "console_scripts")
+    sdk = EntryPoint("lightning", "json:dumps", "console_scripts")  # any importable callable
+    monkeypatch.setattr(lightning_cli, "entry_points", lambda **_: [own, sdk])
+    assert lightning_cli.find_sdk_entry_point().__name__ == "dumps"
+    monkeypatch.setattr(lightning_cli, "entry_points", lambda **_: [own])
+    monkeypatch.setattr(lightning_cli, "SDK_MODULE", "no_such_module_for_sure")
+    assert lightning_cli.find_sdk_entry_point() is None

@@ -1,0 +1,73 @@
+"""Shared test setup: offline and headless, plus tiny synthetic data for CLI and task tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import torch
+import yaml
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+#: Tiny synthetic datamodules (no files), per task type, as LightningCLI ``data`` values.
+TINY_DATA: dict[str, dict[str, Any]] = {
+    "classification": {
+        "class_path": "mass_lightning.data.PeriodicDefectsDataModule",
+        "init_args": {"num_train": 4, "num_val": 4, "num_test": 4, "image_size": 32, "batch_size": 2,
+                      "num_workers": 0},
+    },
+    "segmentation": {
+        "class_path": "mass_lightning.data.PeriodicDefectsSegmentationDataModule",
+        "init_args": {"num_train": 2, "num_val": 2, "num_test": 2, "image_size": 64, "batch_size": 2,
+                      "num_workers": 0},
+    },
+}
+#: Model settings that go with :data:`TINY_DATA` (and never download weights).
+TINY_MODEL: dict[str, dict[str, Any]] = {
+    "classification": {"num_classes": 6, "weights": None},
+    "segmentation": {"num_classes": 7, "ignore_index": 255, "encoder_weights": None},
+}
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    """The repository root (configs are looked up there)."""
+    return REPO_ROOT
+
+
+@pytest.fixture
+def single_thread():
+    """One torch thread: the test machines are small and tests run in parallel."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def tiny_config(tmp_path: Path) -> Callable[..., Path]:
+    """Write a config that puts a run on CPU with tiny synthetic data; returns its path.
+
+    Use it as the last ``--config``: ``tiny_config("classification", trainer={...}, model={...})``.
+    """
+
+    def write(kind: str, *, trainer: dict[str, Any] | None = None, model: dict[str, Any] | None = None,
+              data: dict[str, Any] | None = None) -> Path:
+        data_config = {"class_path": TINY_DATA[kind]["class_path"],
+                       "init_args": {**TINY_DATA[kind]["init_args"], **(data or {})}}
+        config = {
+            "trainer": {"accelerator": "cpu", "devices": 1, "default_root_dir": str(tmp_path), **(trainer or {})},
+            "model": {"init_args": {**TINY_MODEL[kind], **(model or {})}},
+            "data": data_config,
+        }
+        path = tmp_path / f"tiny_{kind}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    return write
