@@ -13,6 +13,10 @@ import yaml
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+# pytest-xdist runs one worker per core: one intra-op thread each avoids oversubscription.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 #: Tiny synthetic datamodules (no files), per task type, as LightningCLI ``data`` values.
@@ -71,3 +75,8 @@ def tiny_config(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Lightning 2.6 calls a torch pytree API that torch 2.14 deprecates; not ours to fix.
+    config.addinivalue_line("filterwarnings", r"ignore:`isinstance\(treespec, LeafSpec\)` is deprecated")

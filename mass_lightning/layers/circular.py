@@ -119,12 +119,14 @@ def _sorted_pad_windows(
     if not _use_gather(x):
         plan = _origin_plan(origin, batch, height, width)
         if plan is not None:
-            order, restore, groups = plan
-            if memory_format is None and origin is None and fits and not _needs_grad(x):
-                return F.pad(x, pad, mode="circular"), None  # its backward is 3x slower than ours
-            windows = [(start, stop, oy - top, ox - left) for start, stop, oy, ox in groups]
+            restore, groups = plan
+            if memory_format is None and origin is None and fits and not _needs_grad(x) and x.is_contiguous():
+                # F.pad is a little faster, but returns NCHW for any input and its backward
+                # is three times slower than ours.
+                return F.pad(x, pad, mode="circular"), None
+            windows = [(index, start, stop, oy - top, ox - left) for index, start, stop, oy, ox in groups]
             fmt = memory_format or _memory_format(x)
-            return _GroupedWindows.apply(x, order, restore, windows, out_height, out_width, fmt), restore
+            return _GroupedWindows.apply(x, windows, out_height, out_width, fmt), restore
     if origin is None:
         if fits:
             return F.pad(x, pad, mode="circular"), None
@@ -149,29 +151,34 @@ def _use_gather(x: Tensor) -> bool:
     return x.device.type != "cpu" or torch.compiler.is_compiling()
 
 
-Plan = tuple[Tensor | None, Tensor | None, list[tuple[int, int, int, int]]]
+Group = tuple[Tensor | None, int, int, int, int]  # (sample indices or None for all, start, stop, top, left)
 
 
-def _origin_plan(origin: Tensor | None, batch: int, height: int, width: int) -> Plan | None:
-    """Group the samples by origin (mod size): ``(order, restore, [(start, stop, oy, ox)])``.
+def _origin_plan(origin: Tensor | None, batch: int, height: int, width: int) -> tuple[Tensor | None, list] | None:
+    """Group the samples by origin (mod size): ``(restore, [(index, start, stop, oy, ox)])``.
 
-    ``x.index_select(0, order)`` puts each group in a contiguous range ``start:stop``;
-    ``restore`` is the inverse permutation. Both are ``None`` when there is one group.
+    Group ``g`` holds the samples ``index`` (``None``: all of them) and fills the range
+    ``start:stop`` of a batch ordered by group; ``restore`` is the permutation that puts
+    that batch back into the input order (``None`` when there is one group).
     """
     if origin is None:
-        return None, None, [(0, batch, 0, 0)]
+        return None, [(None, 0, batch, 0, 0)]
     key = origin[:, 0].remainder(height) * width + origin[:, 1].remainder(width)
     values, inverse, counts = torch.unique(key, return_inverse=True, return_counts=True)
     values = values.tolist()
     if len(values) == 1:
-        return None, None, [(0, batch, values[0] // width, values[0] % width)]
+        return None, [(None, 0, batch, values[0] // width, values[0] % width)]
     if len(values) > _MAX_GROUPS:
         return None
     order = torch.argsort(inverse, stable=True)
     restore = torch.empty_like(order).index_copy_(0, order, torch.arange(batch, device=order.device))
+    sizes = counts.tolist()
     stops = torch.cumsum(counts, 0).tolist()
-    starts = [0, *stops[:-1]]
-    return order, restore, [(a, b, v // width, v % width) for a, b, v in zip(starts, stops, values)]
+    groups = [
+        (index, stop - size, stop, v // width, v % width)
+        for index, size, stop, v in zip(order.split(sizes), sizes, stops, values)
+    ]
+    return restore, groups
 
 
 def _runs(start: int, length: int, size: int) -> list[tuple[int, int, int]]:
@@ -184,24 +191,14 @@ def _runs(start: int, length: int, size: int) -> list[tuple[int, int, int]]:
     return runs
 
 
-def _copy_window(out: Tensor, x: Tensor, top: int, left: int) -> None:
-    """``out[..., i, j] = x[..., (top + i) % H, (left + j) % W]``, by slice copies."""
-    for dst_r, src_r, n_r in _runs(top, out.shape[-2], x.shape[-2]):
-        for dst_c, src_c, n_c in _runs(left, out.shape[-1], x.shape[-1]):
-            out[..., dst_r : dst_r + n_r, dst_c : dst_c + n_c].copy_(x[..., src_r : src_r + n_r, src_c : src_c + n_c])
-
-
-def _fold_window(out: Tensor, grad: Tensor, top: int, left: int) -> None:
-    """Adjoint of :func:`_copy_window`: ``out`` = sum of the window pixels on their sources."""
-    height, width = out.shape[-2:]
-    covers_once = grad.shape[-2] == height and grad.shape[-1] == width  # a pure shift
-    if not covers_once:
-        out.zero_()
-    for dst_r, src_r, n_r in _runs(top, grad.shape[-2], height):
-        for dst_c, src_c, n_c in _runs(left, grad.shape[-1], width):
-            target = out[..., src_r : src_r + n_r, src_c : src_c + n_c]
-            piece = grad[..., dst_r : dst_r + n_r, dst_c : dst_c + n_c]
-            target.copy_(piece) if covers_once else target.add_(piece)
+def _pieces(top: int, left: int, window: tuple[int, int], size: tuple[int, int]):
+    """``(window slices, source slices)`` of the rectangles a circular window is made of."""
+    for dst_r, src_r, n_r in _runs(top, window[0], size[0]):
+        for dst_c, src_c, n_c in _runs(left, window[1], size[1]):
+            yield (
+                (..., slice(dst_r, dst_r + n_r), slice(dst_c, dst_c + n_c)),
+                (..., slice(src_r, src_r + n_r), slice(src_c, src_c + n_c)),
+            )
 
 
 def _empty(x: Tensor, height: int, width: int, memory_format: torch.memory_format) -> Tensor:
@@ -209,26 +206,41 @@ def _empty(x: Tensor, height: int, width: int, memory_format: torch.memory_forma
 
 
 class _GroupedWindows(torch.autograd.Function):
-    """``out[k] = window(x[order[k]], top_g, left_g)`` for ``k`` in group ``g``'s range."""
+    """``out[start_g:stop_g] = window(x[index_g], top_g, left_g)`` for every group ``g``.
+
+    Each rectangle of a window is one slice copy, or one ``index_select`` straight into
+    the output for a group of samples; the backward pass is the adjoint (sums where the
+    window wraps onto the same pixel).
+    """
 
     @staticmethod
-    def forward(ctx, x, order, restore, groups, height, width, memory_format):  # type: ignore[override]
-        ctx.restore, ctx.groups = restore, groups
-        ctx.input_size, ctx.input_format = x.shape[-2:], _memory_format(x)
-        source = x if order is None else x.index_select(0, order)
+    def forward(ctx, x, groups, height, width, memory_format):  # type: ignore[override]
+        ctx.groups, ctx.input_size, ctx.input_format = groups, x.shape[-2:], _memory_format(x)
         out = _empty(x, height, width, memory_format)
-        for start, stop, top, left in groups:
-            _copy_window(out[start:stop], source[start:stop], top, left)
+        for index, start, stop, top, left in groups:
+            for dst, src in _pieces(top, left, (height, width), x.shape[-2:]):
+                target = out[start:stop][dst]
+                if index is None:
+                    target.copy_(x[src])
+                else:
+                    torch.index_select(x[src], 0, index, out=target)
         return out
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        grad_x = _empty(grad, *ctx.input_size, ctx.input_format)
-        for start, stop, top, left in ctx.groups:
-            _fold_window(grad_x[start:stop], grad[start:stop], top, left)
-        if ctx.restore is not None:
-            grad_x = grad_x.index_select(0, ctx.restore)
-        return grad_x, None, None, None, None, None, None
+        height, width = ctx.input_size
+        covers_once = grad.shape[-2:] == (height, width)  # a pure shift: each pixel once
+        grad_x = _empty(grad, height, width, ctx.input_format)
+        if not covers_once:
+            grad_x.zero_()
+        for index, start, stop, top, left in ctx.groups:
+            for dst, src in _pieces(top, left, grad.shape[-2:], (height, width)):
+                piece, target = grad[start:stop][dst], grad_x[src]
+                if index is None:
+                    target.copy_(piece) if covers_once else target.add_(piece)
+                else:
+                    target.index_copy_(0, index, piece) if covers_once else target.index_add_(0, index, piece)
+        return grad_x, None, None, None, None
 
 
 def unshift(x: Tensor, origin: Tensor, scale: int | tuple[int, int] = 1) -> Tensor:

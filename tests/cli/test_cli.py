@@ -14,6 +14,7 @@ from rich.console import Console
 import mass_lightning.cli.lightning as lightning_cli
 from mass_lightning.cli import DEBUG_ENV_VAR, FinalMetricsSummary, format_summary, lightning_main, main, run_cli
 from mass_lightning.data import data_root
+from mass_lightning.tasks import ClassificationTask
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = str(REPO_ROOT / "configs" / "quickstart.yaml")
@@ -70,6 +71,11 @@ def test_checkpoint_then_validate_test_predict(in_tmp, tiny_config):
     assert Path(checkpoint).is_file()
     fitted = cli.model.eval()
 
+    images = torch.cat([images for images, _ in cli.datamodule.predict_dataloader()])
+    with torch.no_grad():
+        expected = fitted(images)
+        assert torch.equal(ClassificationTask.load_from_checkpoint(checkpoint).eval()(images), expected)
+
     cli = run_cli(["validate", *config_args(QUICKSTART, tiny), "--ckpt_path", checkpoint])
     assert cli.trainer.callback_metrics["val/consistency"].item() == 1.0
     cli = run_cli(["test", *config_args(QUICKSTART, tiny), "--ckpt_path", checkpoint])
@@ -77,10 +83,8 @@ def test_checkpoint_then_validate_test_predict(in_tmp, tiny_config):
 
     cli = run_cli(["predict", *config_args(QUICKSTART, tiny), "--ckpt_path", checkpoint])
     predictions = torch.cat(cli.trainer.predict_loop.predictions)
-    images = torch.cat([images for images, _ in cli.datamodule.predict_dataloader()])
     assert predictions.shape == (4,) and predictions.dtype == torch.int64
-    with torch.no_grad():
-        assert torch.equal(predictions, fitted(images).argmax(dim=1))
+    assert torch.equal(predictions, expected.argmax(dim=1))
 
 
 def test_validate_real_cifar10_mass_consistency_is_one(in_tmp):
@@ -93,6 +97,22 @@ def test_validate_real_cifar10_mass_consistency_is_one(in_tmp):
     metrics = cli.trainer.callback_metrics
     assert metrics["val/consistency"].item() == 1.0
     assert 0.0 <= metrics["val/acc"].item() <= 1.0
+
+
+@pytest.mark.slow
+def test_fit_real_camvid_mass_a_few_iterations(in_tmp):
+    root = data_root() / "camvid"
+    if not (root / "train.txt").is_file():
+        pytest.skip(f"CamVid not found at {root}; set MASS_LIGHTNING_DATA")
+    segmentation = REPO_ROOT / "configs" / "segmentation"
+    cli = run_cli(["fit", *config_args(segmentation / "camvid.yaml", segmentation / "methods" / "mass.yaml"),
+                   "--trainer.accelerator", "cpu", "--trainer.logger", "false", "--trainer.max_steps", "2",
+                   "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1",
+                   "--trainer.num_sanity_val_steps", "0",
+                   "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0"])  # fmt: skip
+    metrics = cli.trainer.callback_metrics
+    assert cli.trainer.global_step == 2 and torch.isfinite(metrics["train/loss"])
+    assert metrics["val/mascc"].item() == 1.0 and 0.0 <= metrics["val/miou"].item() <= 1.0
 
 
 # ---------------------------------------------------------------- errors

@@ -52,14 +52,15 @@ def make(kind: str, sampling: str, stride: int, antialias: str | None, channels:
 
 def check_equivariant(layer: nn.Module, x: torch.Tensor, shifts, exact: bool = True) -> None:
     """All shifted copies go through the layer as one batch (origins are per sample)."""
+    # The unshifted copy is part of the same batch: results must not depend on the batch size.
     stride = torch.tensor(layer._stride_pair())
-    shifts = torch.tensor(list(shifts)).view(-1, 2)
-    y = layer(x)
-    origin = layer.last_origin
+    shifts = torch.tensor([(0, 0)] + list(shifts)).view(-1, 2)
     batch = x.shape[0]
     shifted = torch.cat([roll(x, d.tolist()) for d in shifts])
-    y2 = layer(shifted).view(len(shifts), batch, *y.shape[1:])
+    out = layer(shifted)
+    y2 = out.view(len(shifts), batch, *out.shape[1:])
     origin2 = layer.last_origin.view(len(shifts), batch, 2)
+    y, origin = y2[0], origin2[0]
     for i, d in enumerate(shifts):
         k = torch.div(d + origin - origin2[i], stride, rounding_mode="floor")
         for b in range(batch):
