@@ -24,16 +24,20 @@ downloaded). Measured, in one process:
   backend allocates outside PyTorch's allocator (oneDNN, cuDNN workspaces on CPU) is not
   seen.
 
-Timings are robust to a shared, noisy machine: after a warm-up pass of every variant, each
-round times every variant once, in an order that rotates from round to round, and the
+Timings are made robust to a shared, noisy machine. After a warm-up pass of every variant,
+each round times every variant once, in an order that rotates from round to round, and the
 report keeps the minimum and the median over the rounds. Ratios are taken against the
 architecture's ``original`` variant measured in the same run: the ratio of the minima, and
-the median of the per-round ratios.
+the median of the per-round ratios. On CPU the headline clock is the CPU time of the process
+(``time.process_time``: user + system, so page faults count) with one thread by default:
+wall time on a shared machine mostly measures the other jobs' time slices. Wall times are
+kept in the JSON too. On CUDA the clock is wall time, synchronised.
 
 Usage::
 
-    python benchmarks/speed.py                      # default: all models, CPU, ~10 min
-    python benchmarks/speed.py --models resnet18 --rounds 9
+    python benchmarks/speed.py                      # all models, CPU, 5-10 min on 2 slow cores
+    python benchmarks/speed.py --models resnet18 --batch-size 8 --rounds 9
+    python benchmarks/speed.py --models resnet18 --methods original mass --compile
     python benchmarks/speed.py --quick --output-dir /tmp/bench   # seconds, a smoke run
 
 Outputs ``speed.json`` and ``speed.md`` in ``--output-dir`` (default ``docs/benchmarks``)
@@ -48,6 +52,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import time
@@ -107,15 +112,19 @@ def _blurpool(name: str, original: nn.Module) -> nn.Module | None:
 class Runner:
     """Times the inference and the training step of one model variant."""
 
-    def __init__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> None:
+    def __init__(
+        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device, compiled: bool = False
+    ) -> None:
         self.model = model.to(device)
         self.images, self.labels, self.device = images, labels, device
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=1e-3, momentum=0.9)
+        self.forward = torch.compile(self.model) if compiled else self.model
+        self.compiled = compiled
 
     def infer(self) -> None:
         self.model.eval()
         with torch.no_grad():
-            self.model(self.images)
+            self.forward(self.images)
 
     def train_step(self) -> None:
         self.model.train()
@@ -197,19 +206,25 @@ def benchmark_model(
         if args.channels_last:
             model = model.to(memory_format=torch.channels_last)
         runners[method] = Runner(model, images, labels, device)
-    tasks = [("inference", "infer")] + ([("train", "train_step")] if args.train else [])
-    times: dict[str, dict[str, list[float]]] = {m: {task: [] for task, _ in tasks} for m in runners}
-    cpu_times: dict[str, dict[str, list[float]]] = {m: {task: [] for task, _ in tasks} for m in runners}
+        if args.compile and method in ("original", "mass"):
+            runners[f"{method}+compile"] = Runner(copy.deepcopy(model), images, labels, device, compiled=True)
+    all_tasks = [("inference", "infer")] + ([("train", "train_step")] if args.train else [])
+    tasks = {m: all_tasks[:1] if r.compiled else all_tasks for m, r in runners.items()}
+    times: dict[str, dict[str, list[float]]] = {m: {task: [] for task, _ in tasks[m]} for m in runners}
+    cpu_times: dict[str, dict[str, list[float]]] = {m: {task: [] for task, _ in tasks[m]} for m in runners}
+    compile_s: dict[str, float] = {}
     order = list(runners)
     log(f"{name}: warm-up of {', '.join(order)}")
-    for runner in runners.values():
+    for method, runner in runners.items():
+        if runner.compiled:  # the first call compiles
+            compile_s[method] = runner.timed(runner.infer)[0]
         for _ in range(args.warmup):
-            for _, fn in tasks:
+            for _, fn in tasks[method]:
                 runner.timed(getattr(runner, fn))
     for round_index in range(args.rounds):
         shift = round_index % len(order)
         for method in order[shift:] + order[:shift]:
-            for task, fn in tasks:
+            for task, fn in tasks[method]:
                 wall, cpu = runners[method].timed(getattr(runners[method], fn))
                 times[method][task].append(wall)
                 cpu_times[method][task].append(cpu)
@@ -217,8 +232,9 @@ def benchmark_model(
     memory = {}
     if args.memory and args.train:
         for method, runner in runners.items():
-            memory[method] = runner.peak_train_bytes()
-    return {"times": times, "cpu_times": cpu_times, "memory": memory, "skipped": skipped}
+            if not runner.compiled:
+                memory[method] = runner.peak_train_bytes()
+    return {"times": times, "cpu_times": cpu_times, "memory": memory, "skipped": skipped, "compile_s": compile_s}
 
 
 def _stats(values: list[float], reference: list[float] | None) -> dict[str, Any]:
@@ -245,6 +261,8 @@ def summarise(raw: dict[str, Any], clock: str, reference: str = "original") -> d
                 for name, series in clocks.items()
             }
             row[task] = {**per_clock[clock], "clock": clock, "wall": per_clock["wall"], "cpu": per_clock["cpu"]}
+        if method in raw.get("compile_s", {}):
+            row["compile_s"] = raw["compile_s"][method]
         if method in memory:
             row["peak_train_bytes"] = memory[method]
             if reference in memory:
@@ -267,7 +285,7 @@ def machine_info(device: torch.device, threads: int) -> dict[str, Any]:
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
     if hasattr(os, "getloadavg"):
-        info["load_average_at_start"] = list(os.getloadavg())
+        info["load_average_at_start"] = [round(v, 2) for v in os.getloadavg()]
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     try:
@@ -319,11 +337,11 @@ def table_rows(results: dict[str, Any]) -> list[list[str]]:
 HEADER = [
     "model",
     "method",
-    "infer ms (min)",
-    "infer ratio (median)",
-    "train ms (min)",
-    "train ratio (median)",
-    "peak MiB",
+    "inference ms",
+    "inference ratio",
+    "train step ms",
+    "train step ratio",
+    "peak train MiB",
     "memory ratio",
 ]
 
@@ -339,7 +357,7 @@ def print_table(results: dict[str, Any]) -> None:
             table.add_column(column)
         for row in rows:
             table.add_row(*row)
-        Console().print(table)
+        Console(width=max(132, shutil.get_terminal_size().columns)).print(table)
     except ImportError:
         print(" | ".join(HEADER))
         for row in rows:
@@ -366,8 +384,9 @@ def markdown(results: dict[str, Any], info: dict[str, Any], args: dict[str, Any]
         "",
         "Ratios are against the same architecture's `original` (zero-padded torchvision) model in the "
         "same run: the ratio of the minimum times, and in parentheses the median of the per-round "
-        "ratios. Memory is parameters + buffers + optimizer state + the peak allocated during one "
-        "training step.",
+        f"ratios. Times are {'process CPU time' if args['clock'] == 'cpu' else 'wall-clock time'} "
+        "(minimum over the rounds). Memory is parameters + buffers + optimizer state + the peak "
+        "allocated during one training step.",
         "",
         "| " + " | ".join(HEADER) + " |",
         "|" + "---|" * len(HEADER),
@@ -381,24 +400,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=None,
                         help="architectures (default: all; --quick: resnet18)")
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
-    parser.add_argument("--batch-size", type=int, default=None, help="default 8 (--quick: 2)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default 4 (--quick: 2)")
     parser.add_argument("--image-size", type=int, default=None,
-                        help="square input size, a multiple of 32 (default 224 for resnet18 and 160 "
-                        "for the others? no: one size for all, default 160; --quick: 64)")
-    parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 5, --quick 2)")
+                        help="square input size, a multiple of 32 (default 224; --quick: 64)")
+    parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 5; --quick: 2)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed passes of every variant first")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch.set_num_threads (default 1: stable numbers on a shared machine)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda if available)")
     parser.add_argument("--channels-last", action="store_true", help="run models and inputs channels-last")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time torch.compile'd original and MASS models (inference; compiling takes minutes)")
     parser.add_argument("--no-train", dest="train", action="store_false", help="inference only")
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the memory pass")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test (seconds)")
     parser.add_argument("--output-dir", type=Path, default=ROOT / "docs" / "benchmarks")
     args = parser.parse_args(argv)
     quick = args.quick
-    defaults = {"models": ["resnet18"] if quick else list(MODELS), "batch_size": 2 if quick else 8,
-                "image_size": 64 if quick else 160, "rounds": 2 if quick else 5}
+    defaults = {"models": ["resnet18"] if quick else list(MODELS), "batch_size": 2 if quick else 4,
+                "image_size": 64 if quick else 224, "rounds": 2 if quick else 5}
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)

@@ -28,7 +28,7 @@ def test_quick_run_writes_json_and_markdown(speed, tmp_path, capsys):
     try:
         speed.main([
             "--quick", "--models", "resnet18", "--methods", "original", "mass", "aps",
-            "--batch-size", "1", "--image-size", "32", "--rounds", "1", "--warmup", "0",
+            "--batch-size", "2", "--image-size", "64", "--rounds", "1", "--warmup", "0",
             "--device", "cpu", "--output-dir", str(tmp_path),
         ])
     finally:
