@@ -20,19 +20,29 @@ need ``D1`` at full resolution.
 All layers here are subclasses of the ``torch.nn`` layers they replace, with the same
 parameters and buffers, so state dicts load both ways. With circular padding the output
 size is exactly ``H / s`` (``ceil_mode`` and ``count_include_pad`` have no effect).
+
+Implementation (CPU). The circular padding is one copy that MASS also uses for the shift:
+the samples are grouped by origin (at most ``s * s`` groups), each group's shifted, padded
+window is copied into one batch ordered by origin, the op runs once on it, and only the
+(smaller) output is put back into the input order. Max-pooling runs on a channels-last
+copy, because PyTorch's NCHW max-pool kernel on CPU is an order of magnitude slower than
+its channels-last one; the output returns to the input's layout. None of this changes a
+value: copies and maxima are exact. See ``docs/benchmarks/README.md`` for measurements.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import ClassVar, Literal, NamedTuple
+import weakref
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .blur import Blur2d
-from .circular import circular_pad, conv_padding, shift_and_pad
+from .circular import _sorted_pad_windows, conv_padding
 from .polyphase import as_pair, check_divisible, select_origin
 from .scope import OriginScope
 
@@ -80,11 +90,15 @@ def subsample(z: Tensor, origin: Tensor | None, stride: tuple[int, int]) -> Tens
     sy, sx = stride
     if origin is None:
         return z[..., ::sy, ::sx]
-    batch, _, height, width = z.shape
-    rows = origin[:, :1] + sy * torch.arange(height // sy, device=z.device)
-    cols = origin[:, 1:] + sx * torch.arange(width // sx, device=z.device)
-    sample = torch.arange(batch, device=z.device).view(batch, 1, 1)
-    return z[sample, :, rows.unsqueeze(2), cols.unsqueeze(1)].permute(0, 3, 1, 2)
+    # A select per component (at most s * s of them) instead of a per-sample gather: no
+    # index tensors, no host sync, and it keeps the memory format of ``z``.
+    flat = (origin[:, 0] * sx + origin[:, 1]).view(-1, 1, 1, 1)
+    out = z[..., ::sy, ::sx]
+    for oy in range(sy):
+        for ox in range(sx):
+            if oy or ox:
+                out = torch.where(flat == oy * sx + ox, z[..., oy::sy, ox::sx], out)
+    return out
 
 
 class EquivariantDownsample:
@@ -194,8 +208,78 @@ class EquivariantDownsample:
         return subsample(self._full(x), origin, stride), None
 
 
-def _pad_input(x: Tensor, origin: Tensor | None, pad: tuple[int, int, int, int]) -> Tensor:
-    return circular_pad(x, pad) if origin is None else shift_and_pad(x, origin, pad)
+def _on_shifted(
+    op: Callable[[Tensor], Any],
+    x: Tensor,
+    origin: Tensor | None,
+    pad: tuple[int, int, int, int],
+    memory_format: torch.memory_format | None = None,
+) -> Any:
+    """``op(shift_and_pad(x, origin, pad))`` for a per-sample ``op`` (a tensor or a tuple out).
+
+    The samples are shifted group by group (one group per distinct origin) into a batch
+    ordered by origin; ``op`` runs once on that batch and only its output is put back into
+    the input order, which is cheaper than restoring the (larger) padded input. For
+    backward, ``op`` keeps ``x`` instead of the padded copy (see :func:`_saving_unpadded`).
+    """
+    if origin is None and not any(pad) and memory_format is None:
+        return op(x)
+    padded, restore = _sorted_pad_windows(x, origin, pad, memory_format)
+    if _can_swap_saved(x):
+        out = _saving_unpadded(op, padded, x, lambda: _sorted_pad_windows(x, origin, pad, memory_format)[0])
+    else:
+        out = op(padded)
+    if restore is None:
+        return out
+    if isinstance(out, tuple):
+        return tuple(o.index_select(0, restore) for o in out)
+    return out.index_select(0, restore)
+
+
+def _can_swap_saved(x: Tensor) -> bool:
+    """Swap saved tensors only where no one else manages them (checkpointing, offloading,
+    functorch transforms, the compiler)."""
+    if not (torch.is_grad_enabled() and x.requires_grad) or torch.compiler.is_compiling():
+        return False
+    autograd = torch._C._autograd
+    try:
+        return autograd._saved_tensors_hooks_is_enabled() and autograd._top_saved_tensors_default_hooks(False) is None
+    except AttributeError:  # private API moved: keep the default behaviour
+        return False
+
+
+class _Rebuild:
+    """Stands in a graph for a padded copy: rebuilt from the unpadded input in backward."""
+
+    __slots__ = ("rebuild", "source", "version")
+
+    def __init__(self, rebuild: Callable[[], Tensor], source: Tensor) -> None:
+        self.rebuild, self.source, self.version = rebuild, source, source._version
+
+
+def _saving_unpadded(op: Callable[[Tensor], Any], padded: Tensor, x: Tensor, rebuild: Callable[[], Tensor]) -> Any:
+    """Run ``op(padded)`` but let autograd keep ``x`` (usually saved anyway, by the ReLU
+    before) instead of ``padded``, which is rebuilt in backward: one copy of time against
+    one activation of memory per layer. Values and gradients are unchanged."""
+
+    target = weakref.ref(padded)  # autograd keeps the hooks: a strong reference would keep padded
+
+    def pack(tensor: Tensor) -> Any:
+        return _Rebuild(rebuild, x) if tensor is target() else tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, _unpack):
+        return op(padded)
+
+
+def _unpack(saved: Any) -> Tensor:
+    if not isinstance(saved, _Rebuild):
+        return saved
+    if saved.source._version != saved.version:
+        raise RuntimeError(
+            "mass_lightning: the input of a circular conv/pool layer was modified in place after the "
+            "layer used it, so its gradient cannot be computed. Use an out-of-place op instead."
+        )
+    return saved.rebuild()
 
 
 class CircularConv2d(EquivariantDownsample, nn.Conv2d):
@@ -251,7 +335,7 @@ class CircularConv2d(EquivariantDownsample, nn.Conv2d):
         return F.conv2d(x, self.weight, self.bias, stride, 0, self.dilation, self.groups)
 
     def _full(self, x: Tensor) -> Tensor:
-        z = self._conv(circular_pad(x, self._pad()), (1, 1))
+        z = _on_shifted(lambda padded: self._conv(padded, (1, 1)), x, None, self._pad())
         return z if self.antialias is None else self.antialias(z)
 
     def _strided(self, x: Tensor, origin: Tensor | None) -> tuple[Tensor, Tensor | None]:
@@ -259,7 +343,8 @@ class CircularConv2d(EquivariantDownsample, nn.Conv2d):
             return self._antialiased_strided(x, origin)
         if self.antialias is not None:
             x = self.antialias(x)
-        return self._conv(_pad_input(x, origin, self._pad()), self._stride_pair()), None
+        stride = self._stride_pair()
+        return _on_shifted(lambda padded: self._conv(padded, stride), x, origin, self._pad()), None
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_channels(x)
@@ -304,7 +389,10 @@ class CircularMaxPool2d(EquivariantDownsample, nn.MaxPool2d):
                             as_pair(self.padding, "padding", 0))
 
     def _full(self, x: Tensor) -> Tensor:
-        z = F.max_pool2d(circular_pad(x, self._pad()), self.kernel_size, 1, 0, self.dilation)
+        to_nhwc = _prefer_nhwc(x)
+        fmt = torch.channels_last if to_nhwc else None
+        z = _on_shifted(lambda p: F.max_pool2d(p, self.kernel_size, 1, 0, self.dilation), x, None, self._pad(), fmt)
+        z = z.contiguous() if to_nhwc else z
         return z if self.antialias is None else self.antialias(z)
 
     def _strided(self, x: Tensor, origin: Tensor | None) -> tuple[Tensor, Tensor | None]:
@@ -312,12 +400,23 @@ class CircularMaxPool2d(EquivariantDownsample, nn.MaxPool2d):
             if self.return_indices or self._record:
                 raise ValueError(f"{self._describe()}: max-unpooling indices are not defined with anti-aliasing.")
             return self._antialiased_strided(x, origin)
-        pad = self._pad()
-        padded = _pad_input(x, origin, pad)
+        pad, stride = self._pad(), self._stride_pair()
+        # The padded copy is made anyway; on CPU make it channels-last, where max-pooling
+        # is vectorised over channels (the NCHW kernel is an order of magnitude slower).
+        # The maxima are the same values; the output goes back to the input's format.
+        to_nhwc = _prefer_nhwc(x)
+        fmt = torch.channels_last if to_nhwc else None
+        padded_width = x.shape[-1] + pad[0] + pad[1]
         if not (self.return_indices or self._record):
-            return F.max_pool2d(padded, self.kernel_size, self._stride_pair(), 0, self.dilation), None
-        y, flat = F.max_pool2d(padded, self.kernel_size, self._stride_pair(), 0, self.dilation, return_indices=True)
-        return y, _unpad_indices(flat, padded.shape[-1], x.shape[-2:], pad)
+            y = _on_shifted(lambda p: F.max_pool2d(p, self.kernel_size, stride, 0, self.dilation), x, origin, pad, fmt)
+            return (y.contiguous() if to_nhwc else y), None
+        y, flat = _on_shifted(
+            lambda p: F.max_pool2d(p, self.kernel_size, stride, 0, self.dilation, return_indices=True),
+            x, origin, pad, fmt,
+        )
+        if to_nhwc:
+            y, flat = y.contiguous(), flat.contiguous()
+        return y, _unpad_indices(flat, padded_width, x.shape[-2:], pad)
 
     def _equivariant_forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         if self.sampling == "aps" and (self.return_indices or self._record):
@@ -327,6 +426,11 @@ class CircularMaxPool2d(EquivariantDownsample, nn.MaxPool2d):
     def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         y, indices = self._equivariant_forward(x)
         return (y, indices) if self.return_indices else y
+
+
+def _prefer_nhwc(x: Tensor) -> bool:
+    """Max-pool an NCHW CPU tensor in channels-last layout (same maxima, much faster kernel)."""
+    return x.device.type == "cpu" and x.is_contiguous() and not torch.compiler.is_compiling()
 
 
 def _unpad_indices(flat: Tensor, padded_width: int, size: torch.Size, pad: tuple[int, int, int, int]) -> Tensor:
@@ -364,7 +468,7 @@ class CircularAvgPool2d(EquivariantDownsample, nn.AvgPool2d):
         return F.avg_pool2d(x, self.kernel_size, stride, 0, False, True, self.divisor_override)
 
     def _full(self, x: Tensor) -> Tensor:
-        z = self._pool(circular_pad(x, self._pad()), (1, 1))
+        z = _on_shifted(lambda padded: self._pool(padded, (1, 1)), x, None, self._pad())
         return z if self.antialias is None else self.antialias(z)
 
     def _strided(self, x: Tensor, origin: Tensor | None) -> tuple[Tensor, Tensor | None]:
@@ -372,7 +476,8 @@ class CircularAvgPool2d(EquivariantDownsample, nn.AvgPool2d):
             return self._antialiased_strided(x, origin)
         if self.antialias is not None:
             x = self.antialias(x)
-        return self._pool(_pad_input(x, origin, self._pad()), self._stride_pair()), None
+        stride = self._stride_pair()
+        return _on_shifted(lambda padded: self._pool(padded, stride), x, origin, self._pad()), None
 
     def forward(self, x: Tensor) -> Tensor:
         return self._equivariant_forward(x)[0]
