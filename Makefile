@@ -22,6 +22,10 @@ quickstart: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --durations=15
 
+benchmark: $(STAMP)
+	$(BIN)/python -m pip install -e ".[benchmarks]"
+	$(BIN)/python benchmarks/speed.py
+
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -m "not slow"
 

@@ -27,8 +27,9 @@ downloaded). Measured, in one process:
 Timings are made robust to a shared, noisy machine. After a warm-up pass of every variant,
 each round times every variant once, in an order that rotates from round to round, and the
 report keeps the minimum and the median over the rounds. Ratios are taken against the
-architecture's ``original`` variant measured in the same run: the ratio of the minima, and
-the median of the per-round ratios. On CPU the headline clock is the CPU time of the process
+architecture's ``original`` variant measured in the same run: the headline is the median of
+the per-round ratios (paired, so a slow spell of the machine hits both sides), the ratio of
+the minima is given too. On CPU the headline clock is the CPU time of the process
 (``time.process_time``: user + system, so page faults count) with one thread by default:
 wall time on a shared machine mostly measures the other jobs' time slices. Wall times are
 kept in the JSON too. On CUDA the clock is wall time, synchronised.
@@ -311,7 +312,7 @@ def _fmt_ratio(row: dict[str, Any], task: str) -> str:
     entry = row.get(task)
     if not entry or "ratio_of_min" not in entry:
         return "-"
-    return f"{entry['ratio_of_min']:.2f}x ({entry['median_ratio']:.2f}x)"
+    return f"{entry['median_ratio']:.2f}x ({entry['ratio_of_min']:.2f}x)"
 
 
 def table_rows(results: dict[str, Any]) -> list[list[str]]:
@@ -352,7 +353,8 @@ def print_table(results: dict[str, Any]) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(title="Time and memory relative to each model's original (zero-padded) version")
+        table = Table(title="Time and memory relative to each model's original (zero-padded) version: "
+                      "median of per-round ratios (ratio of minima)")
         for column in HEADER:
             table.add_column(column)
         for row in rows:
@@ -383,10 +385,10 @@ def markdown(results: dict[str, Any], info: dict[str, Any], args: dict[str, Any]
         f"{'channels-last' if args['channels_last'] else 'NCHW'} layout",
         "",
         "Ratios are against the same architecture's `original` (zero-padded torchvision) model in the "
-        "same run: the ratio of the minimum times, and in parentheses the median of the per-round "
-        f"ratios. Times are {'process CPU time' if args['clock'] == 'cpu' else 'wall-clock time'} "
-        "(minimum over the rounds). Memory is parameters + buffers + optimizer state + the peak "
-        "allocated during one training step.",
+        "same run: the median of the per-round ratios (each round times every variant once), and in "
+        "parentheses the ratio of the minimum times. Times (ms) are the minimum over the rounds of "
+        f"{'the process CPU time' if args['clock'] == 'cpu' else 'the wall-clock time'}. Memory is "
+        "parameters + buffers + optimizer state + the peak allocated during one training step.",
         "",
         "| " + " | ".join(HEADER) + " |",
         "|" + "---|" * len(HEADER),
@@ -403,7 +405,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=None, help="default 4 (--quick: 2)")
     parser.add_argument("--image-size", type=int, default=None,
                         help="square input size, a multiple of 32 (default 224; --quick: 64)")
-    parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 5; --quick: 2)")
+    parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 7; --quick: 2)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed passes of every variant first")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch.set_num_threads (default 1: stable numbers on a shared machine)")
@@ -418,7 +420,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     quick = args.quick
     defaults = {"models": ["resnet18"] if quick else list(MODELS), "batch_size": 2 if quick else 4,
-                "image_size": 64 if quick else 224, "rounds": 2 if quick else 5}
+                "image_size": 64 if quick else 224, "rounds": 2 if quick else 7}
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)

@@ -125,7 +125,10 @@ def _sorted_pad_windows(
                 # is three times slower than ours.
                 return F.pad(x, pad, mode="circular"), None
             windows = [(index, start, stop, oy - top, ox - left) for index, start, stop, oy, ox in groups]
-            fmt = memory_format or _memory_format(x)
+            # One fixed layout for the copy, whatever the input's: convolution kernels round
+            # differently per layout, so a layout that followed the input (or the origin)
+            # would break bitwise equivariance.
+            fmt = memory_format or torch.contiguous_format
             return _GroupedWindows.apply(x, windows, out_height, out_width, fmt), restore
     if origin is None:
         if fits:
@@ -139,8 +142,10 @@ def _sorted_pad_windows(
     cols = (cols.unsqueeze(0) + origin[:, 1:]).remainder_(width)  # (B, Wp)
     sample = torch.arange(batch, device=x.device).view(batch, 1, 1)
     # Advanced indices around a slice: result is (B, Hp, Wp, C), a channels-last view.
-    out = x[sample, :, rows.unsqueeze(2), cols.unsqueeze(1)]
-    return out.permute(0, 3, 1, 2), None
+    out = x[sample, :, rows.unsqueeze(2), cols.unsqueeze(1)].permute(0, 3, 1, 2)
+    if x.device.type == "cpu" and not torch.compiler.is_compiling():
+        out = out.contiguous(memory_format=memory_format or torch.contiguous_format)  # the fixed CPU layout
+    return out, None
 
 
 def _needs_grad(x: Tensor) -> bool:
@@ -229,18 +234,29 @@ class _GroupedWindows(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         height, width = ctx.input_size
-        covers_once = grad.shape[-2:] == (height, width)  # a pure shift: each pixel once
         grad_x = _empty(grad, height, width, ctx.input_format)
-        if not covers_once:
-            grad_x.zero_()
         for index, start, stop, top, left in ctx.groups:
-            for dst, src in _pieces(top, left, grad.shape[-2:], (height, width)):
-                piece, target = grad[start:stop][dst], grad_x[src]
-                if index is None:
-                    target.copy_(piece) if covers_once else target.add_(piece)
-                else:
-                    target.index_copy_(0, index, piece) if covers_once else target.index_add_(0, index, piece)
+            pieces = list(_pieces(top, left, grad.shape[-2:], (height, width)))
+            # Write first a piece that covers the whole map (no zero fill), then add the rest.
+            whole = [p for p in pieces if p[1][1] == slice(0, height) and p[1][2] == slice(0, width)]
+            if whole:
+                pieces.remove(whole[0])
+                _write(grad_x, grad[start:stop][whole[0][0]], index, accumulate=False)
+            elif index is None:
+                grad_x.zero_()
+            else:
+                grad_x.index_fill_(0, index, 0)
+            for dst, src in pieces:
+                _write(grad_x[src], grad[start:stop][dst], index, accumulate=True)
         return grad_x, None, None, None, None
+
+
+def _write(target: Tensor, piece: Tensor, index: Tensor | None, accumulate: bool) -> None:
+    """``target[index] (+)= piece`` (all of ``target`` when ``index`` is ``None``)."""
+    if index is None:
+        target.add_(piece) if accumulate else target.copy_(piece)
+    else:
+        target.index_add_(0, index, piece) if accumulate else target.index_copy_(0, index, piece)
 
 
 def unshift(x: Tensor, origin: Tensor, scale: int | tuple[int, int] = 1) -> Tensor:

@@ -429,8 +429,8 @@ class CircularMaxPool2d(EquivariantDownsample, nn.MaxPool2d):
 
 
 def _prefer_nhwc(x: Tensor) -> bool:
-    """Max-pool an NCHW CPU tensor in channels-last layout (same maxima, much faster kernel)."""
-    return x.device.type == "cpu" and x.is_contiguous() and not torch.compiler.is_compiling()
+    """Max-pool on CPU in channels-last layout (same maxima, much faster kernel), output NCHW."""
+    return x.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 def _unpad_indices(flat: Tensor, padded_width: int, size: torch.Size, pad: tuple[int, int, int, int]) -> Tensor:

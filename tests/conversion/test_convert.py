@@ -141,3 +141,21 @@ def test_global_pool_is_order_independent_so_logits_are_bit_identical():
         reference = model(x)
         for shift in [(1, 0), (0, 1), (3, 29), (17, 5)]:
             assert torch.equal(model(torch.roll(x, shift, (2, 3))), reference)
+
+
+@pytest.mark.parametrize("method", ["mass", "aps"])
+def test_input_memory_layout_does_not_change_the_logits(resnet18, method):
+    # Convolution kernels round differently per layout. A decoded picture (H, W, C) permuted
+    # to (C, H, W) is channels-last, and torch.roll of it is NCHW: the padded copies are made
+    # in one fixed layout, so both must give the same bits, and so must their shifts.
+    model = convert(resnet18, method=method).eval()
+    torch.manual_seed(3)
+    picture = torch.rand(1, 96, 128, 3).permute(0, 3, 1, 2)  # channels-last strides
+    assert picture.is_contiguous(memory_format=torch.channels_last) and not picture.is_contiguous()
+    with torch.no_grad():
+        reference = model(picture)
+        assert torch.equal(model(picture.contiguous()), reference)
+        for shift in [(1, 3), (5, 11), (0, 1)]:
+            shifted = torch.roll(picture, shift, (2, 3))  # NCHW
+            assert torch.equal(model(shifted), reference)
+            assert torch.equal(model(shifted.contiguous(memory_format=torch.channels_last)), reference)
