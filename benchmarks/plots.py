@@ -110,22 +110,20 @@ def plot_accuracy_vs_consistency(rows: Sequence[Mapping[str, Any]], path: Path |
         raise ValueError("plot_accuracy_vs_consistency: no row has both acc and consistency.")
     colours = {"baseline": "tab:gray", "aps": "tab:blue", "mass": "tab:red"}
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
-    placed: list[tuple[float, float]] = []
+    # Colour = method, marker = filter: every row is one distinct symbol, named in the legend
+    # (labels next to points collide where rows sit at the same consistency).
     for row in sorted(points, key=lambda r: (float(r["consistency"]), float(r["acc"]))):
         acc, cons = 100 * float(row["acc"]), 100 * float(row["consistency"])
         ax.scatter(acc, cons, s=60, color=colours.get(str(row.get("method")), "tab:green"),
-                   marker="s" if row.get("antialias") else "o", zorder=3)
-        # Points at (nearly) the same consistency get their labels stacked, not overlapping.
-        crowd = sum(abs(c - cons) < 0.05 for _, c in placed)
-        placed.append((acc, cons))
-        ax.annotate(str(row["label"]), (acc, cons), textcoords="offset points", fontsize=9,
-                    xytext=(6, 4 + 11 * crowd if crowd % 2 == 0 else -8 - 11 * crowd),
-                    arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.5} if crowd else None)
+                   marker="s" if row.get("antialias") else "o", zorder=3, label=str(row["label"]))
+    ax.legend(fontsize=8, loc="lower right", framealpha=0.9)
     ax.set_xlabel("test accuracy (%)")
     ax.set_ylabel("circular consistency (%)")
     ax.grid(alpha=0.3)
     ax.set_title("CIFAR-10, ResNet-20 (circles: no filter, squares: LPF-3)", fontsize=10)
     ax.margins(x=0.25, y=0.3)
+    bottom, top = ax.get_ylim()
+    ax.set_ylim(bottom, min(top, 101.0))  # consistency cannot exceed 100%
     return _save(fig, path)
 
 

@@ -310,8 +310,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args.output_dir.mkdir(parents=True, exist_ok=True)
     args.work_dir.mkdir(parents=True, exist_ok=True)
     results = common.load_results(args.output_dir / f"{EXPERIMENT}.json")
-    results.update(experiment=EXPERIMENT, settings=settings_of(args), machine=common.machine_info(args.threads),
-                   command=common.command_line(Path(__file__).name, argv))
+    results.update(experiment=EXPERIMENT, settings=settings_of(args))
+
+    ran: list[bool] = []
+
+    def computing() -> None:
+        # The machine, command and run time describe the run that computed results, not a
+        # later call that only rewrites the reports.
+        ran.append(True)
+        results.update(machine=common.machine_info(args.threads), command=common.command_line(Path(__file__).name, argv))
     start = time.perf_counter()
     trained = False
     for key in models:
@@ -319,13 +326,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if stored is not None and stored.get("settings") == settings_of(args) and not args.force:
             common.log(f"[{key}] done already (mIoU {common.fmt_pct(stored['miou'])}%), skipping")
             continue
+        computing()
         train_model(key, args, results)
         write_reports(results, args)
         trained = True
     figure_path: Path | None = args.output_dir / "camvid_shift_predictions.png"
     if trained or results.get("figure", {}).get("settings") != settings_of(args) or not figure_path.is_file():
+        computing()
         figure_path = figure(args, results)
-    results["last_run_seconds"] = round(time.perf_counter() - start, 1)
+    if ran:
+        results["last_run_seconds"] = round(time.perf_counter() - start, 1)
     for path in write_reports(results, args, figure_path):
         common.log(f"wrote {path}")
     return results

@@ -449,9 +449,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args.output_dir.mkdir(parents=True, exist_ok=True)
     args.work_dir.mkdir(parents=True, exist_ok=True)
     results = common.load_results(args.output_dir / f"{EXPERIMENT}.json")
-    results.update(experiment=EXPERIMENT, settings=schedule_settings(args),
-                   machine=common.machine_info(args.threads), command=common.command_line(Path(__file__).name, argv))
+    results.update(experiment=EXPERIMENT, settings=schedule_settings(args))
     start = time.perf_counter()
+
+    ran: list[bool] = []
+
+    def computing() -> None:
+        # The machine, command and run time describe the run that computed results, not a
+        # later call that only rewrites the reports.
+        ran.append(True)
+        results.update(machine=common.machine_info(args.threads), command=common.command_line(Path(__file__).name, argv))
 
     trained: set[str] = set()
     for key in rows:
@@ -459,6 +466,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if stored is not None and stored.get("settings") == schedule_settings(args) and not args.force:
             common.log(f"[{key}] done already (acc {common.fmt_pct(stored['acc'])}%), skipping")
             continue
+        computing()
         train_row(key, args, results)
         trained.add(key)
         write_reports(results, args)
@@ -475,6 +483,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             if stored.get("settings") == expected and not args.force:
                 common.log(f"[transfer {method}] done already, skipping")
                 continue
+            computing()
             results["transfer"][method] = transfer(method, args, checkpoint, results["rows"]["baseline"])
             write_reports(results, args)
 
@@ -484,9 +493,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         missing = [k for k in heatmap_rows if k not in stored.get("grids", {})
                    and (args.work_dir / k / "final.ckpt").is_file()]  # fmt: skip
         if stored.get("settings") != expected or missing or trained & set(heatmap_rows) or args.force:
+            computing()
             results["heatmap"] = heatmap(heatmap_rows, args)
 
-    results["last_run_seconds"] = round(time.perf_counter() - start, 1)
+    if ran:
+        results["last_run_seconds"] = round(time.perf_counter() - start, 1)
     for path in write_reports(results, args):
         common.log(f"wrote {path}")
     return results

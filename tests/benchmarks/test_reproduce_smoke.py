@@ -15,6 +15,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import torch
 
 from mass_lightning.data import data_root
 
@@ -85,12 +86,20 @@ def test_cifar10_smoke(tmp_path: Path, results_md: Path, capsys: pytest.CaptureF
     assert "cifar10_shift_heatmap.png" in block(text, "cifar10-figures")
     assert "reproduce_cifar10.py" in block(text, "cifar10-settings")
 
-    # A second run finds every stage done and trains nothing.
+    # A second run finds every stage done and trains nothing; the recorded command and
+    # machine stay those of the run that computed the results.
     capsys.readouterr()
-    script.main(argv)
+    threads = torch.get_num_threads()
+    try:
+        script.main([*argv[:-2], "--threads", "2", *argv[-2:]])
+    finally:
+        torch.set_num_threads(threads)
     log = capsys.readouterr().out
     assert "[baseline] done already" in log and "[mass] done already" in log
     assert "[transfer mass] done already" in log and "epoch 1" not in log
+    again = json.loads((out / "cifar10.json").read_text())
+    assert again["command"] == stored["command"] and again["machine"] == stored["machine"]
+    assert again["last_run_seconds"] == stored["last_run_seconds"]
 
 
 @pytest.mark.slow
