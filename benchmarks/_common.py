@@ -10,6 +10,7 @@ markers, into ``docs/results.md``.
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import json
 import logging
@@ -31,7 +32,9 @@ from lightning.pytorch import Callback, LightningModule, Trainer  # noqa: E402
 __all__ = [
     "REPO_ROOT",
     "CheckpointEvery",
+    "RunRecord",
     "Timings",
+    "add_run_arguments",
     "command_line",
     "configure_threads",
     "fill_markers",
@@ -351,3 +354,60 @@ def _quote(arg: str) -> str:
 def log(message: str) -> None:
     """Print a progress line to stdout at once."""
     print(message, file=sys.stdout, flush=True)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, experiment: str, *, budget_minutes: float,
+                      budget_of: str) -> None:
+    """The options every reproduction script shares: where results go, threads, resuming, estimating.
+
+    Args:
+        parser: The script's parser.
+        experiment: Name of the experiment (``outputs/reproduce_<experiment>`` holds its checkpoints).
+        budget_minutes: Default of ``--budget-minutes``.
+        budget_of: What the budget covers, for the help text (e.g. "both models together").
+    """
+    parser.add_argument("--output-dir", type=Path, default=REPO_ROOT / "docs" / "results")
+    parser.add_argument("--work-dir", type=Path, default=REPO_ROOT / "outputs" / f"reproduce_{experiment}",
+                        help="Checkpoints and logs (git-ignored).")
+    parser.add_argument("--results-md", type=Path, default=None,
+                        help="Markdown file whose BEGIN/END markers get the tables; default: docs/results.md when "
+                             "--output-dir is docs/results, else none.")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads.")
+    parser.add_argument("--num-workers", type=int, default=1, help="Data-loading worker processes.")
+    parser.add_argument("--accelerator", default="cpu", help="Lightning accelerator (cpu, gpu, auto).")
+    parser.add_argument("--force", action="store_true", help="Re-run what is done already.")
+    parser.add_argument("--estimate-steps", type=int, default=0,
+                        help="Only time this many training steps per model on the real data, project the run "
+                             "time of the chosen settings, and exit (writes nothing).")
+    parser.add_argument("--budget-minutes", type=float, default=budget_minutes,
+                        help=f"With --estimate-steps: the time {budget_of} should fit in.")
+
+
+class RunRecord:
+    """Stamps a results dict with the machine, command and run time of the run that computed it.
+
+    A later call that finds every result done and only rewrites the reports leaves the
+    recorded machine, command and ``last_run_seconds`` as they were.
+
+    Usage::
+
+        record = RunRecord(results, script="reproduce_cifar10.py", argv=argv, threads=2)
+        record.computing()   # before each stage that computes something
+        record.finish()      # sets results["last_run_seconds"] if anything was computed
+    """
+
+    def __init__(self, results: dict[str, Any], *, script: str, argv: Sequence[str], threads: int) -> None:
+        self.results, self.script, self.argv, self.threads = results, script, list(argv), threads
+        self.ran = False
+        self._start = time.perf_counter()
+
+    def computing(self) -> None:
+        """Record that this run computes results (machine and command are stamped once)."""
+        if not self.ran:
+            self.results.update(machine=machine_info(self.threads), command=command_line(self.script, self.argv))
+        self.ran = True
+
+    def finish(self) -> None:
+        """Stamp the run time, if this run computed anything."""
+        if self.ran:
+            self.results["last_run_seconds"] = round(time.perf_counter() - self._start, 1)

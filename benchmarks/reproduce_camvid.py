@@ -70,21 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-test-samples", type=int, default=None, help="Test on a seeded subset (smoke tests).")
     parser.add_argument("--figure-image", type=int, default=0, help="Index of the test image of the figure.")
     parser.add_argument("--data-root", default=None, help="CamVid folder; default $MASS_LIGHTNING_DATA/camvid.")
-    parser.add_argument("--output-dir", type=Path, default=common.REPO_ROOT / "docs" / "results")
-    parser.add_argument("--work-dir", type=Path, default=common.REPO_ROOT / "outputs" / "reproduce_camvid",
-                        help="Checkpoints and logs (git-ignored).")
-    parser.add_argument("--results-md", type=Path, default=None,
-                        help="Markdown file whose BEGIN/END markers get the tables; default: docs/results.md when "
-                             "--output-dir is docs/results, else none.")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads.")
-    parser.add_argument("--num-workers", type=int, default=1, help="Data-loading worker processes.")
-    parser.add_argument("--accelerator", default="cpu", help="Lightning accelerator (cpu, gpu, auto).")
-    parser.add_argument("--force", action="store_true", help="Re-run models even if their results exist.")
-    parser.add_argument("--estimate-steps", type=int, default=0,
-                        help="Only time this many training steps per model and one test forward, project the "
-                             "run time of the chosen settings, and exit (writes nothing).")
-    parser.add_argument("--budget-minutes", type=float, default=60.0,
-                        help="With --estimate-steps: the time both models together should fit in.")
+    common.add_run_arguments(parser, EXPERIMENT, budget_minutes=60.0, budget_of="both models together")
     return parser
 
 
@@ -311,31 +297,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args.work_dir.mkdir(parents=True, exist_ok=True)
     results = common.load_results(args.output_dir / f"{EXPERIMENT}.json")
     results.update(experiment=EXPERIMENT, settings=settings_of(args))
-
-    ran: list[bool] = []
-
-    def computing() -> None:
-        # The machine, command and run time describe the run that computed results, not a
-        # later call that only rewrites the reports.
-        ran.append(True)
-        results.update(machine=common.machine_info(args.threads), command=common.command_line(Path(__file__).name, argv))
-    start = time.perf_counter()
+    record = common.RunRecord(results, script=Path(__file__).name, argv=argv, threads=args.threads)
     trained = False
     for key in models:
         stored = results["rows"].get(key)
         if stored is not None and stored.get("settings") == settings_of(args) and not args.force:
             common.log(f"[{key}] done already (mIoU {common.fmt_pct(stored['miou'])}%), skipping")
             continue
-        computing()
+        record.computing()
         train_model(key, args, results)
         write_reports(results, args)
         trained = True
     figure_path: Path | None = args.output_dir / "camvid_shift_predictions.png"
     if trained or results.get("figure", {}).get("settings") != settings_of(args) or not figure_path.is_file():
-        computing()
+        record.computing()
         figure_path = figure(args, results)
-    if ran:
-        results["last_run_seconds"] = round(time.perf_counter() - start, 1)
+    record.finish()
     for path in write_reports(results, args, figure_path):
         common.log(f"wrote {path}")
     return results

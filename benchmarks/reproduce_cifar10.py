@@ -126,21 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-root", default=None,
                         help="CIFAR-10 folder (JPEG ImageFolder or official batches); default "
                              "$MASS_LIGHTNING_DATA/cifar10-jpeg.")
-    parser.add_argument("--output-dir", type=Path, default=common.REPO_ROOT / "docs" / "results")
-    parser.add_argument("--work-dir", type=Path, default=common.REPO_ROOT / "outputs" / "reproduce_cifar10",
-                        help="Checkpoints and logs (git-ignored).")
-    parser.add_argument("--results-md", type=Path, default=None,
-                        help="Markdown file whose BEGIN/END markers get the tables; default: docs/results.md when "
-                             "--output-dir is docs/results, else none.")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads.")
-    parser.add_argument("--num-workers", type=int, default=1, help="Data-loading worker processes.")
-    parser.add_argument("--accelerator", default="cpu", help="Lightning accelerator (cpu, gpu, auto).")
-    parser.add_argument("--force", action="store_true", help="Re-run stages even if their results exist.")
-    parser.add_argument("--estimate-steps", type=int, default=0,
-                        help="Only time this many training steps per row on the real data, project the run "
-                             "time of the chosen settings, and exit (writes nothing).")
-    parser.add_argument("--budget-minutes", type=float, default=90.0,
-                        help="With --estimate-steps: the time the Table-2 rows should fit in.")
+    common.add_run_arguments(parser, EXPERIMENT, budget_minutes=90.0, budget_of="the Table-2 rows")
     return parser
 
 
@@ -450,15 +436,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args.work_dir.mkdir(parents=True, exist_ok=True)
     results = common.load_results(args.output_dir / f"{EXPERIMENT}.json")
     results.update(experiment=EXPERIMENT, settings=schedule_settings(args))
-    start = time.perf_counter()
-
-    ran: list[bool] = []
-
-    def computing() -> None:
-        # The machine, command and run time describe the run that computed results, not a
-        # later call that only rewrites the reports.
-        ran.append(True)
-        results.update(machine=common.machine_info(args.threads), command=common.command_line(Path(__file__).name, argv))
+    record = common.RunRecord(results, script=Path(__file__).name, argv=argv, threads=args.threads)
 
     trained: set[str] = set()
     for key in rows:
@@ -466,7 +444,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if stored is not None and stored.get("settings") == schedule_settings(args) and not args.force:
             common.log(f"[{key}] done already (acc {common.fmt_pct(stored['acc'])}%), skipping")
             continue
-        computing()
+        record.computing()
         train_row(key, args, results)
         trained.add(key)
         write_reports(results, args)
@@ -483,7 +461,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             if stored.get("settings") == expected and not args.force:
                 common.log(f"[transfer {method}] done already, skipping")
                 continue
-            computing()
+            record.computing()
             results["transfer"][method] = transfer(method, args, checkpoint, results["rows"]["baseline"])
             write_reports(results, args)
 
@@ -493,11 +471,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         missing = [k for k in heatmap_rows if k not in stored.get("grids", {})
                    and (args.work_dir / k / "final.ckpt").is_file()]  # fmt: skip
         if stored.get("settings") != expected or missing or trained & set(heatmap_rows) or args.force:
-            computing()
+            record.computing()
             results["heatmap"] = heatmap(heatmap_rows, args)
 
-    if ran:
-        results["last_run_seconds"] = round(time.perf_counter() - start, 1)
+    record.finish()
     for path in write_reports(results, args):
         common.log(f"wrote {path}")
     return results
