@@ -26,7 +26,7 @@ the samples are grouped by origin (at most ``s * s`` groups), each group's shift
 window is copied into one batch ordered by origin, the op runs once on it, and only the
 (smaller) output is put back into the input order. Max-pooling runs on a channels-last
 copy, because PyTorch's NCHW max-pool kernel on CPU is an order of magnitude slower than
-its channels-last one; the output returns to the input's layout. None of this changes a
+its channels-last one; the output is NCHW, whatever the input's layout. None of this changes a
 value: copies and maxima are exact. See ``docs/benchmarks/README.md`` for measurements.
 """
 
@@ -403,7 +403,7 @@ class CircularMaxPool2d(EquivariantDownsample, nn.MaxPool2d):
         pad, stride = self._pad(), self._stride_pair()
         # The padded copy is made anyway; on CPU make it channels-last, where max-pooling
         # is vectorised over channels (the NCHW kernel is an order of magnitude slower).
-        # The maxima are the same values; the output goes back to the input's format.
+        # The maxima are the same values; the output is NCHW (one fixed layout, see circular.py).
         to_nhwc = _prefer_nhwc(x)
         fmt = torch.channels_last if to_nhwc else None
         padded_width = x.shape[-1] + pad[0] + pad[1]
