@@ -7,12 +7,13 @@ Quick use::
 """
 
 from .backbones import get_backbone, get_segmentation_model, list_backbones, register_backbone
-from .conversion import convert
+from .conversion import check_equivariance, convert
 
 __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
+    "check_equivariance",
     "convert",
     "get_backbone",
     "get_segmentation_model",

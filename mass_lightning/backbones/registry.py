@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..conversion import convert
+from ..errors import ConfigError
 from ..layers import DDAC
 
 __all__ = ["get_backbone", "list_backbones", "load_checkpoint", "register_backbone"]
@@ -53,14 +54,17 @@ def get_backbone(
     """Build a registered backbone and make it shift-equivariant with :func:`~mass_lightning.convert`.
 
     Args:
-        name: a name from :func:`list_backbones`.
+        name: a name from :func:`list_backbones`, any torchvision classification model
+            (``torchvision.models.list_models(module=torchvision.models)``), or a timm model
+            as ``"timm/<name>"`` (``timm.list_models()``). Models that cannot be made exactly
+            shift-equivariant are refused with the reason.
         method: ``"baseline"``, ``"mass"`` or ``"aps"``.
         antialias: ``None``, ``"lpf3"``, ``"ddac3"``, ...
         num_classes: size of the classifier output. With pretrained torchvision weights
             and a different size, the classifier is re-initialised (for fine-tuning).
         weights: ``None``; a torchvision weights enum or its name (``"IMAGENET1K_V1"``,
             ``"DEFAULT"``, ``"ResNet18_Weights.IMAGENET1K_V1"``), downloaded by torchvision
-            when online; or the path of a local checkpoint (a ``state_dict``, a
+            when online; ``"timm"`` for a timm model's pretrained weights; or the path of a local checkpoint (a ``state_dict``, a
             ``{"state_dict": ...}`` dict or a Lightning checkpoint).
         padding: ``"circular"`` or ``"zeros"`` (only for the original baseline).
         **kwargs: passed to the builder.
@@ -71,10 +75,16 @@ def get_backbone(
     Example:
         >>> model = get_backbone("resnet20", method="mass", num_classes=10)
     """
-    if name not in _BACKBONES:
-        raise ValueError(f"Unknown backbone {name!r}. Available: {', '.join(list_backbones())}.")
+    builder = _BACKBONES.get(name)
+    if builder is None:
+        from .zoo import model_zoo_builder  # torchvision / timm names, resolved on demand
+
+        builder = model_zoo_builder(name)
+    if builder is None:
+        raise ConfigError(f"Unknown backbone {name!r}. Use one of {', '.join(list_backbones())}, any torchvision "
+                          "classification model name, or 'timm/<name>' for a timm model.")
     checkpoint = _checkpoint_path(weights)
-    model = _BACKBONES[name](num_classes=num_classes, weights=None if checkpoint else weights, **kwargs)
+    model = builder(num_classes=num_classes, weights=None if checkpoint else weights, **kwargs)
     model = convert(model, method=method, antialias=antialias, padding=padding)  # type: ignore[arg-type]
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)

@@ -10,9 +10,10 @@ import torchvision
 from torch import nn
 
 from .cifar_resnet import cifar_resnet18, resnet20, resnet56
+from ..errors import ConfigError
 from .registry import register_backbone
 
-__all__ = ["TORCHVISION_BACKBONES", "resolve_weights"]
+__all__ = ["TORCHVISION_BACKBONES", "model_zoo_builder", "resolve_weights"]
 
 TORCHVISION_BACKBONES: tuple[str, ...] = (
     "resnet18",
@@ -87,3 +88,37 @@ def _torchvision(model_name: str) -> Callable[..., nn.Module]:
 
 for _name in TORCHVISION_BACKBONES:
     register_backbone(_name)(_torchvision(_name))
+
+TIMM_PREFIX = "timm/"
+
+
+def _timm(model_name: str) -> Callable[..., nn.Module]:
+    def build(*, num_classes: int = 1000, weights: Any = None, **kwargs: Any) -> nn.Module:
+        import timm
+
+        if weights not in (None, "timm", True, "pretrained"):
+            raise ConfigError(f"timm/{model_name}: weights must be None, 'timm' (timm's pretrained weights, "
+                              f"downloaded when online) or a checkpoint path, got {weights!r}.")
+        try:
+            return timm.create_model(model_name, pretrained=weights is not None, num_classes=num_classes, **kwargs)
+        except (OSError, RuntimeError) as error:
+            if weights is None:
+                raise
+            raise RuntimeError(f"Could not download timm's weights for {model_name} ({error}). Without internet "
+                               "access, save the weights elsewhere (timm.create_model(..., pretrained=True) and "
+                               "torch.save(model.state_dict(), path)) and pass the local path as weights.") from error
+
+    build.__doc__ = f"timm ``{model_name}`` (optionally with timm's pretrained weights)."
+    return build
+
+
+def model_zoo_builder(name: str) -> Callable[..., nn.Module] | None:
+    """A builder for any torchvision classification model or ``"timm/<name>"``; ``None`` if unknown."""
+    if name.startswith(TIMM_PREFIX):
+        import timm
+
+        model_name = name[len(TIMM_PREFIX):]
+        return _timm(model_name) if timm.is_model(model_name) else None
+    if name in torchvision.models.list_models(module=torchvision.models):
+        return _torchvision(name)
+    return None

@@ -3,43 +3,31 @@
 from __future__ import annotations
 
 import copy
+import math
 import re
 import warnings
-from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor, fx, nn
 
+from ..errors import ConfigError, ConversionError, EquivarianceError, ShiftEquivarianceWarning
 from ..layers.blur import Blur2d
 from ..layers.ddac import DDAC
-from ..layers.downsample import (
-    APSAvgPool2d,
-    APSConv2d,
-    APSMaxPool2d,
-    CircularAvgPool2d,
-    CircularConv2d,
-    CircularMaxPool2d,
-    EquivariantDownsample,
-    MASSAvgPool2d,
-    MASSConv2d,
-    MASSMaxPool2d,
-)
-from ..layers.polyphase import as_pair
-from ..layers.pooling import ExactGlobalAvgPool2d
-from ..layers.scope import OriginScope
+from .analysis import Analysis, ProbeTooSmall
+from .check import check_equivariance, default_shifts, outputs_equivariant
+from .model import ConversionRecord, ShiftEquivariantModel
+from .rewrite import rewrite
+from .spatial import Spatial
+from .tracing import MODES, run_graph, trace
 
 __all__ = ["METHODS", "Antialias", "convert", "parse_antialias"]
 
 Method = Literal["baseline", "mass", "aps"]
 METHODS: tuple[str, ...] = ("baseline", "mass", "aps")
-SHORTCUT_NAMES: tuple[str, ...] = ("downsample", "shortcut")
-
-_CONV = {"baseline": CircularConv2d, "mass": MASSConv2d, "aps": APSConv2d}
-_MAX = {"baseline": CircularMaxPool2d, "mass": MASSMaxPool2d, "aps": APSMaxPool2d}
-_AVG = {"baseline": CircularAvgPool2d, "mass": MASSAvgPool2d, "aps": APSAvgPool2d}
 _ANTIALIAS = re.compile(r"^(lpf|ddac)([1-7])$")
+_PROBE_SIZES: tuple[tuple[int, int], ...] = ((64, 96), (128, 192), (224, 224), (256, 384))
 
 
 @dataclass(frozen=True)
@@ -63,7 +51,7 @@ def parse_antialias(antialias: str | None) -> Antialias | None:
         return None
     match = _ANTIALIAS.match(str(antialias).lower())
     if not match or (match.group(1) == "ddac" and int(match.group(2)) % 2 == 0):
-        raise ValueError(
+        raise ConfigError(
             f"Unknown antialias {antialias!r}. Use None, 'lpf1'..'lpf7' (binomial blur of that size) "
             "or 'ddac3', 'ddac5', 'ddac7' (content-aware filter, odd sizes)."
         )
@@ -76,183 +64,222 @@ def convert(
     method: Method = "mass",
     antialias: str | None = None,
     padding: Literal["circular", "zeros"] = "circular",
-    shortcut_names: Iterable[str] = SHORTCUT_NAMES,
     example_input: Tensor | None = None,
+    strict: bool = True,
+    verify: bool = True,
 ) -> nn.Module:
-    """Return a shift-equivariant copy of ``model``; ``model`` itself is left untouched.
+    """Return an exactly shift-equivariant copy of ``model``, or say loudly why it cannot be one.
 
-    Every ``nn.Conv2d``, ``nn.MaxPool2d`` and ``nn.AvgPool2d`` is swapped for its circular
-    counterpart from :mod:`mass_lightning.layers` (same parameters and buffers), and every
-    global ``nn.AdaptiveAvgPool2d`` for an order-independent one (bit-identical logits
-    for shifted inputs). Strided ones get the chosen sampling:
+    The model's ``forward`` is traced into a graph (once per mode) and analysed value by
+    value on a probe input (see ``docs/exactness.md``):
 
-    * ``"baseline"``: circular padding only (the original phase-0 subsampling);
-    * ``"mass"``: MASS, the original op run on the input shifted to its origin;
-    * ``"aps"``: the op at stride 1, then adaptive polyphase sampling.
+    * every convolution and pooling pads circularly; strided ones (convs, max/avg pools,
+      subsampling slices, space-to-depth, functional ``F.conv2d``...) get the chosen sampling:
+      ``"baseline"`` (phase 0: circular padding only), ``"mass"`` (the original op on the
+      input shifted to its origin) or ``"aps"`` (the op at stride 1, then adaptive polyphase
+      sampling);
+    * downsamplers whose outputs are merged (residual shortcuts, Inception branches, HRNet
+      fusions, channel groups of a mixed conv) share one origin, chosen by the first of
+      them in execution order from its own input; origins flow through the new graph as
+      values, never as module state;
+    * upsampling (``nn.Upsample``, ``F.interpolate``, transposed convs, max-unpooling,
+      pixel shuffle) is circular and undoes the origins of the levels it skips;
+    * order-dependent spatial reductions (means, sums, global average pools, GroupNorm and
+      InstanceNorm statistics) become order-independent, so outputs are bit-identical.
 
-    Residual blocks (modules with a child named ``downsample`` or ``shortcut`` that
-    downsamples) get an :class:`~mass_lightning.layers.OriginScope`, so the strided main
-    branch and the shortcut use the same origin.
+    Anything that cannot be made exact (a flattening classifier after a fixed-grid pool,
+    valid padding that shrinks maps, absolute position embeddings, attention over
+    positions, ...) raises a :class:`~mass_lightning.errors.ConversionError` that names the
+    module, the reason and what to do. After converting, the model is run on the probe and
+    a few circular shifts of it; a mismatch raises an
+    :class:`~mass_lightning.errors.EquivarianceError` naming the first module that breaks.
 
-    For ``method="mass"`` (and every method without DDAC) the converted model's
-    ``state_dict`` has exactly the original keys and tensors, so pretrained weights
-    transfer both ways; DDAC adds its filter-prediction parameters.
+    Parameters and buffers are shared with no one: the result is a deep copy, and its
+    ``state_dict`` has exactly the original keys and tensors (DDAC adds its filter
+    parameters). Converting a converted model to another method gives the same model as
+    converting the original.
 
     Args:
-        model: any CNN built from ``torch.nn`` layers.
+        model: a CNN, from torchvision, timm, segmentation-models-pytorch or your own code.
         method: ``"baseline"``, ``"mass"`` or ``"aps"``.
-        antialias: ``None``, ``"lpf3"`` (binomial blur; ``lpf1``..``lpf7``) or ``"ddac3"``.
-        padding: ``"circular"`` (required for exact equivariance) or ``"zeros"``, which
-            is only valid with ``method="baseline"`` and no antialias and returns an
-            unchanged copy (the original network).
-        shortcut_names: child names that mark a residual block's shortcut branch.
-        example_input: an input for one dry run that finds the channels of pooling layers;
-            only used with DDAC (default: zeros of size 64x64).
+        antialias: ``None``, ``"lpf3"`` (binomial blur; ``lpf1``..``lpf7``) or ``"ddac3"``
+            (``ddac5``, ``ddac7``), applied at the strided convs and pools.
+        padding: ``"circular"`` (required for exact equivariance) or ``"zeros"``, which only
+            copies an unconverted model (the original network, as a baseline).
+        example_input: an input to analyse and verify with (default: random, 64x96 or larger
+            until the strides divide it).
+        strict: raise on anything that cannot be made exact; with ``False``, warn
+            (:class:`~mass_lightning.errors.ShiftEquivarianceWarning`) and keep those parts.
+        verify: check the converted model on the probe and a few circular shifts.
 
     Returns:
-        The converted deep copy.
+        A :class:`~mass_lightning.conversion.ShiftEquivariantModel`, in ``model``'s mode.
+
+    Raises:
+        ConversionError: the model cannot be made exactly equivariant (``strict=True``).
+        EquivarianceError: the converted model failed verification.
 
     Example:
         >>> import torchvision
         >>> model = convert(torchvision.models.resnet18(), method="mass").eval()
     """
     if method not in METHODS:
-        raise ValueError(f"Unknown method {method!r}; choose one of {', '.join(METHODS)}.")
+        raise ConversionError("", f"unknown method {method!r}.", f"Choose one of {', '.join(METHODS)}.")
     spec = parse_antialias(antialias)
     if padding not in ("circular", "zeros"):
-        raise ValueError(f"padding must be 'circular' or 'zeros', got {padding!r}.")
+        raise ConversionError("", f"padding must be 'circular' or 'zeros', got {padding!r}.")
+    converted = isinstance(model, ShiftEquivariantModel)
     if padding == "zeros":
+        if converted:
+            raise ConversionError("", "padding='zeros' asks for the original zero-padded network, but this model "
+                                      "is already converted.", "Convert the original model instead, or use "
+                                      "model.source_model() to get it back.")
         if method != "baseline" or spec is not None:
-            raise ValueError(
-                "padding='zeros' keeps the original network and is only valid with method='baseline' "
-                "and antialias=None: MASS, APS and the anti-aliasing filters need circular padding to be "
-                "exactly shift-equivariant."
-            )
+            raise ConversionError("", "padding='zeros' keeps the original network and is only valid with "
+                                      "method='baseline' and antialias=None.",
+                                  "MASS, APS and the anti-aliasing filters need circular padding.")
         return copy.deepcopy(model)
-
-    converted = copy.deepcopy(model)
-    pool_channels = _pool_channels(model, example_input) if spec is not None and spec.kind == "ddac" else {}
-    if isinstance(converted, (*_SWAPPABLE, nn.AdaptiveAvgPool2d)):
-        return _swap(converted, method, spec, pool_channels.get("")) or converted
-    for qualname, parent in list(converted.named_modules()):
-        for name, child in list(parent.named_children()):
-            child_name = f"{qualname}.{name}" if qualname else name
-            replacement = _swap(child, method, spec, pool_channels.get(child_name))
-            if replacement is not None:
-                setattr(parent, name, replacement)
-            else:
-                _warn_if_unsupported(child_name, child)
-    if method != "baseline":
-        _attach_scopes(converted, tuple(shortcut_names))
-    return converted
+    source = model.source_model() if converted else copy.deepcopy(model)
+    return _convert(source, method, spec, example_input, strict, verify)
 
 
-_SWAPPABLE = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
+def _convert(source: nn.Module, method: str, spec: Antialias | None, example_input: Tensor | None, strict: bool,
+             verify: bool) -> ShiftEquivariantModel:
+    if example_input is not None:
+        probes = [example_input]
+    else:
+        probes = [_probe(source, size) for size in _PROBE_SIZES]
+    first = probes[0]
+    second = torch.randn(first.shape[0] + 1, first.shape[1], 2 * first.shape[2], 2 * first.shape[3],
+                         generator=torch.Generator().manual_seed(1)).to(first)
+    graphs = trace(source, probes=(first, second))
+    plans = None
+    failure: BaseException | None = None
+    for probe in probes:
+        try:
+            plans, problems, replacements = _analyse(source, graphs, probe, method, spec, strict)
+            break
+        except ProbeTooSmall as too_small:
+            failure = too_small
+        except _ProbeFailed as failed:
+            failure = failed.__cause__
+    if plans is None:
+        if isinstance(failure, ProbeTooSmall):
+            raise ConversionError("", f"{failure} No probe size up to {_PROBE_SIZES[-1]} is divisible by the model's "
+                                      "total stride.", "Pass example_input= of a size the strides divide.") from failure
+        raise ConversionError("", f"the model failed on a probe input of shape {tuple(probe.shape)} "
+                                  f"({type(failure).__name__}: {failure}).",
+                              "Pass example_input= with a shape the model accepts.") from failure
+    sources = {}
+    for path, module in replacements.items():
+        sources[path] = source.get_submodule(path)
+        parent, _, attr = path.rpartition(".")
+        setattr(source.get_submodule(parent) if parent else source, attr, module)
+    new_graphs = {mode: rewrite(graphs[mode], plans[mode]) for mode in MODES}
+    record = ConversionRecord(method, _spec_name(spec), type(source) if not hasattr(source, "source_class")
+                              else source.source_class, new_graphs, graphs, sources, tuple(probe.shape),
+                              _input_multiple(new_graphs["eval"]))
+    model = ShiftEquivariantModel(source, new_graphs, record)
+    eval_problems = [p for p in problems if not p.endswith("(only in training mode)")]
+    if problems:
+        listed = "\n".join(f"  - {p}" for p in problems)
+        scope = "NOT exactly shift-equivariant" if eval_problems else "exactly shift-equivariant in eval mode, but not in training mode"
+        warnings.warn(f"convert: the converted model is {scope}:\n{listed}", ShiftEquivarianceWarning, stacklevel=3)
+    if verify and not eval_problems:
+        _verify(model, probe, method, plans["eval"], strict)
+    return model
 
 
-def _swap(module: nn.Module, method: str, spec: Antialias | None, pool_channels: int | None) -> nn.Module | None:
-    """The circular replacement of one layer, or ``None`` to keep it."""
-    if type(module) is nn.AdaptiveAvgPool2d and _is_global(module.output_size):
-        return ExactGlobalAvgPool2d()
-    if isinstance(module, EquivariantDownsample) or not isinstance(module, _SWAPPABLE):
-        return None
-    strided = as_pair(module.stride if module.stride is not None else module.kernel_size) != (1, 1)
-    sampling = method if strided else "baseline"
-    filt = None
-    if isinstance(module, nn.Conv2d):
-        if not strided and _no_padding(module.padding):
-            return None
-        if module.padding_mode not in ("zeros", "circular"):
-            warnings.warn(f"convert: {module} uses padding_mode={module.padding_mode!r}; replacing it with circular.",
-                          stacklevel=3)
-        if spec is not None and strided:
-            # A linear blur commutes with the conv and runs before it; DDAC runs on its output.
-            filt = spec.build(module.out_channels if spec.kind == "ddac" else module.in_channels)
-        return _CONV[sampling].from_conv(module, antialias=filt)
-    if not strided and _no_padding(module.padding):
-        return None
-    if spec is not None and strided:
-        filt = spec.build(pool_channels or 0)
-    table = _MAX if isinstance(module, nn.MaxPool2d) else _AVG
-    return table[sampling].from_pool(module, antialias=filt)
+def _analyse(source: nn.Module, graphs: dict[str, fx.Graph], probe: Tensor, method: str, spec: Antialias | None,
+             strict: bool) -> tuple[dict, list[str], dict[str, nn.Module]]:
+    """Analyse the eval graph (strictly, unless ``strict=False``) and the training graph.
+
+    Parts that run only in training mode and cannot be made exact (GoogLeNet's auxiliary
+    classifiers) do not make the model refused: exactness is a property of inference. They
+    are kept as they are and reported in a warning.
+    """
+    replacements: dict[str, nn.Module] = {}
+    plans, problems = {}, []
+    for mode in ("eval", "train"):
+        try:
+            values = run_graph(source, graphs[mode], (probe,), training=mode == "train")
+        except Exception as error:  # noqa: BLE001 - the caller tries another probe size
+            raise _ProbeFailed() from error
+        analysis = Analysis(source, graphs[mode], values, method=method, antialias=spec,
+                            strict=strict and mode == "eval", replacements=replacements)
+        plans[mode] = analysis.run()
+        for problem in analysis.problems:
+            text = str(problem) if mode == "eval" else f"{problem} (only in training mode)"
+            if text not in problems and str(problem) not in problems:
+                problems.append(text)
+        del values
+    return plans, problems, replacements
 
 
-def _pool_channels(model: nn.Module, example_input: Tensor | None) -> dict[str, int]:
-    """Input channels of every pooling layer, found with one dry run (DDAC needs them)."""
-    pools = {name: m for name, m in model.named_modules() if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d))}
-    if not pools:
-        return {}
-    if example_input is None:
-        first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-        example_input = torch.zeros(1, first.in_channels if first else 3, 64, 64)
-    found: dict[str, int] = {}
-
-    def record(name: str) -> Callable[..., None]:
-        def hook(module: nn.Module, args: tuple[Tensor, ...]) -> None:
-            found.setdefault(name, args[0].shape[1])
-
-        return hook
-
-    handles = [m.register_forward_pre_hook(record(name)) for name, m in pools.items()]
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            model.eval()(example_input.to(next(model.parameters()).device))
-    except Exception as error:  # noqa: BLE001 - re-raised with advice
-        raise ValueError(
-            "convert(antialias='ddac...'): could not infer the channels of the pooling layers with a dry run "
-            f"on an input of shape {tuple(example_input.shape)} ({error}). Pass example_input=<a valid input>."
-        ) from error
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
-    return found
+def _input_channels(model: nn.Module) -> int:
+    """What the model declares (timm's ``pretrained_cfg``, smp's encoder, ``in_chans``), else its first conv's."""
+    config = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
+    if isinstance(config, dict) and isinstance(config.get("input_size"), (tuple, list)):
+        channels = getattr(model, "in_chans", None) or config["input_size"][0]
+        return int(channels)
+    encoder = getattr(model, "encoder", None)
+    if isinstance(getattr(encoder, "_in_channels", None), int):
+        return int(encoder._in_channels)
+    for name in ("in_chans", "in_channels"):
+        if isinstance(getattr(model, name, None), int):
+            return int(getattr(model, name))
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return first.in_channels if first is not None else 3
 
 
-def _is_global(output_size: int | tuple[int | None, ...] | None) -> bool:
-    sizes = output_size if isinstance(output_size, tuple) else (output_size, output_size)
-    return all(size == 1 for size in sizes)
+class _ProbeFailed(Exception):
+    """The original model failed on a probe input (its cause says why)."""
 
 
-def _no_padding(padding: int | tuple[int, ...] | str) -> bool:
-    if isinstance(padding, str):
-        return padding == "valid"
-    return not any(as_pair(padding, "padding", 0))
+def _probe(model: nn.Module, size: tuple[int, int]) -> Tensor:
+    """A random batch of 2 with the model's input channels, dtype and device."""
+    channels = _input_channels(model)
+    parameter = next(iter(model.parameters()), None)
+    dtype = parameter.dtype if parameter is not None and parameter.is_floating_point() else torch.float32
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(2, channels, *size, generator=generator).to(device=device, dtype=dtype)
 
 
-def _warn_if_unsupported(name: str, module: nn.Module) -> None:
-    if isinstance(module, (nn.ZeroPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d, nn.ConstantPad2d)):
-        warnings.warn(f"convert: {name} ({type(module).__name__}) pads non-circularly and breaks exact "
-                      "equivariance; replace it with circular padding.", stacklevel=3)
-    elif isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
-        size = module.output_size
-        if any(s not in (1, None) for s in ((size, size) if isinstance(size, int) else size)):
-            warnings.warn(f"convert: {name} ({module}) pools to a grid larger than 1x1, which is not "
-                          "shift-invariant; use a global pool.", stacklevel=3)
-    elif isinstance(module, nn.ConvTranspose2d):
-        warnings.warn(f"convert: {name} is a ConvTranspose2d; pair it with its downsampling layer via "
-                      "mass_lightning.layers.MASSConvTranspose2d to keep equivariance.", stacklevel=3)
+def _verify(model: ShiftEquivariantModel, probe: Tensor, method: str, plan: Any, strict: bool) -> None:
+    """Run the converted model on the probe and shifts of it; raise naming the first failure."""
+    if method == "baseline":
+        strides = [info.stride for node in model.conversion.graphs["eval"].nodes
+                   if isinstance(info := node.meta.get("mass_info"), Spatial)]
+        step = (max(s[0] for s in strides), max(s[1] for s in strides)) if strides else (1, 1)
+        shifts = [(step[0], 0), (0, step[1])]
+    else:
+        shifts = default_shifts((probe.shape[-2], probe.shape[-1]), 4)
+    if outputs_equivariant(model, probe, shifts):
+        return
+    report = check_equivariance(model, probe, shifts)
+    failure = report.first_failure
+    message = (f"the converted model is not exactly shift-equivariant on the probe input "
+               f"{tuple(probe.shape)} (shifts {shifts}): the first value that differs is at "
+               f"{failure.path if failure else '?'} (max error {failure.max_error if failure else '?'}).")
+    hint = ("Please report this as a bug with the model; mass_lightning.check_equivariance(model, x) prints the "
+            "full per-layer report.")
+    if strict:
+        raise EquivarianceError(f"{message} {hint}")
+    warnings.warn(f"{message} {hint}", ShiftEquivarianceWarning, stacklevel=3)
 
 
-def _strided_downsamplers(module: nn.Module) -> Iterator[EquivariantDownsample]:
-    for sub in module.modules():
-        if isinstance(sub, EquivariantDownsample) and sub._stride_pair() != (1, 1):
-            yield sub
+def _input_multiple(graph: fx.Graph) -> tuple[int, int]:
+    """The least common multiple of the strides of the model's feature maps, per axis."""
+    my, mx = 1, 1
+    for node in graph.nodes:
+        info = node.meta.get("mass_info")
+        if isinstance(info, Spatial):
+            for term in info.phase:
+                need = term.requirement()
+                my, mx = math.lcm(my, need[0]), math.lcm(mx, need[1])
+    return my, mx
 
 
-def _attach_scopes(model: nn.Module, shortcut_names: tuple[str, ...]) -> None:
-    """Share one origin between the branches of every residual block."""
-    for block in model.modules():
-        children = dict(block.named_children())
-        shortcut = [children[n] for n in shortcut_names if n in children and children[n] is not None]
-        if not shortcut:
-            continue
-        inside = list(_strided_downsamplers(block))
-        in_shortcut = {id(m) for branch in shortcut for m in _strided_downsamplers(branch)}
-        if not in_shortcut or len(inside) == len(in_shortcut):
-            continue
-        scope = OriginScope()
-        scope.attach(block)
-        for layer in inside:
-            layer.scope = scope
+def _spec_name(spec: Antialias | None) -> str | None:
+    return None if spec is None else f"{spec.kind}{spec.kernel_size}"

@@ -1,4 +1,4 @@
-"""Exactly shift-equivariant down- and upsampling layers (MASS, APS, LPF, DDAC)."""
+"""Exactly shift-equivariant layers: MASS/APS/circular down- and upsampling, LPF, DDAC, exact reductions."""
 
 from .blur import Blur2d, BlurPool2d, binomial_kernel, blur2d, blur_pool2d
 from .circular import circular_interpolate, circular_pad, conv_padding, shift_and_pad, unshift
@@ -10,17 +10,27 @@ from .downsample import (
     CircularAvgPool2d,
     CircularConv2d,
     CircularMaxPool2d,
-    DownsampleState,
     EquivariantDownsample,
     MASSAvgPool2d,
     MASSConv2d,
     MASSMaxPool2d,
+    equivariant_avg_pool2d,
+    equivariant_conv2d,
+    equivariant_max_pool2d,
+    equivariant_subsample,
     subsample,
 )
+from .exact import (
+    ExactGlobalAvgPool2d,
+    ExactGroupNorm,
+    ExactInstanceNorm2d,
+    exact_global_avg_pool2d,
+    exact_group_norm,
+    exact_mean,
+    exact_sum,
+)
 from .generic import MASSDownsample, mass_downsample
-from .pooling import ExactGlobalAvgPool2d, exact_global_avg_pool2d
 from .polyphase import check_divisible, polyphase_energy, polyphase_statistics, select_origin
-from .scope import OriginScope
 from .upsample import (
     APSUpsample2d,
     MASSConvTranspose2d,
@@ -28,6 +38,7 @@ from .upsample import (
     MASSUpsample,
     aps_upsample,
     circular_conv_transpose2d,
+    max_unpool2d_at,
 )
 
 __all__ = [
@@ -41,9 +52,10 @@ __all__ = [
     "CircularConv2d",
     "CircularMaxPool2d",
     "DDAC",
-    "DownsampleState",
     "EquivariantDownsample",
     "ExactGlobalAvgPool2d",
+    "ExactGroupNorm",
+    "ExactInstanceNorm2d",
     "MASSAvgPool2d",
     "MASSConv2d",
     "MASSConvTranspose2d",
@@ -51,7 +63,6 @@ __all__ = [
     "MASSMaxPool2d",
     "MASSMaxUnpool2d",
     "MASSUpsample",
-    "OriginScope",
     "aps_upsample",
     "binomial_kernel",
     "blur2d",
@@ -61,9 +72,17 @@ __all__ = [
     "circular_interpolate",
     "circular_pad",
     "conv_padding",
-    "exact_global_avg_pool2d",
     "ddac2d",
+    "equivariant_avg_pool2d",
+    "equivariant_conv2d",
+    "equivariant_max_pool2d",
+    "equivariant_subsample",
+    "exact_global_avg_pool2d",
+    "exact_group_norm",
+    "exact_mean",
+    "exact_sum",
     "mass_downsample",
+    "max_unpool2d_at",
     "polyphase_energy",
     "polyphase_statistics",
     "select_origin",

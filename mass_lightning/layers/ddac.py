@@ -22,9 +22,9 @@ Differences from the reference code:
   ``group * k * k`` logits (``joint_softmax=True`` reproduces that);
 * the reference code releases only the spatial branch; ``channel_adaptive=False`` gives it.
 
-The global average pool of the channel branch sorts the pixels of each channel before
-summing them, so its result does not depend on the order of the pixels, and a shifted input
-gives the bit-identical pooled vector (a plain ``mean`` would differ in the last bits).
+The global average pool of the channel branch is order-independent
+(:func:`~mass_lightning.layers.exact_global_avg_pool2d`), so a shifted input gives the
+bit-identical pooled vector (a plain ``mean`` would differ in the last bits).
 """
 
 from __future__ import annotations
@@ -35,35 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["DDAC", "ddac2d", "exact_global_avg_pool2d"]
+from .exact import exact_global_avg_pool2d
 
-
-def exact_global_avg_pool2d(x: Tensor) -> Tensor:
-    """Global average pool whose result is independent of the order of the pixels.
-
-    The pixels of each channel are sorted before they are summed, so any permutation of the
-    spatial positions (e.g. a circular shift) gives a bit-identical result.
-
-    Args:
-        x: Input feature map.
-
-    Returns:
-        The per-channel means, same dtype as ``x``.
-
-    Shape:
-        - Input: :math:`(N, C, H, W)`.
-        - Output: :math:`(N, C, 1, 1)`.
-
-    Example:
-        >>> x = torch.randn(2, 3, 8, 12)
-        >>> torch.equal(exact_global_avg_pool2d(torch.roll(x, (3, 5), (2, 3))), exact_global_avg_pool2d(x))
-        True
-    """
-    if not isinstance(x, Tensor) or x.dim() != 4:
-        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise ValueError(f"exact_global_avg_pool2d expects a 4-D input (N, C, H, W), got {shape}.")
-    flat = x.reshape(x.shape[0], x.shape[1], -1).contiguous()
-    return torch.sort(flat, dim=-1).values.mean(dim=-1)[:, :, None, None]
+__all__ = ["DDAC", "ddac2d"]
 
 
 def _kernel_size_from_taps(taps: int, layer: str) -> int:

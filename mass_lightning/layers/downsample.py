@@ -1,8 +1,8 @@
-"""Circularly padded downsampling layers: fixed phase, MASS and APS.
+"""Circularly padded downsampling: fixed phase, MASS and APS, as functions and as layers.
 
-Every downsampling op ``D`` of stride ``s`` (strided conv, max-pool, avg-pool) is the
-subsampling at phase 0 of its stride-1 counterpart ``D1``: ``D(x) = D1(x)[::s, ::s]``.
-The three *samplings* differ only in which phase is kept:
+Every downsampling op ``D`` of stride ``s`` (strided conv, max-pool, avg-pool, plain
+subsampling) is the subsampling at phase 0 of its stride-1 counterpart ``D1``:
+``D(x) = D1(x)[::s, ::s]``. The three *samplings* differ only in which phase is kept:
 
 * ``"fixed"`` (baseline): phase 0, i.e. the original op with circular padding.
 * ``"mass"``: choose the origin ``o`` of the **input** (:func:`select_origin`), shift the
@@ -11,15 +11,24 @@ The three *samplings* differ only in which phase is kept:
 * ``"aps"`` (adaptive polyphase sampling, Chaman & Dokmanic 2021): compute ``z = D1(x)``
   at full resolution and keep its polyphase component of largest norm.
 
+**Origins are values, never module state.** Every function and layer here takes an optional
+``origin`` (a ``(B, 2)`` int64 tensor) and can return the origin it used
+(``return_origin=True``). A layer given no origin chooses one from its input (MASS) or
+output (APS). Layers that must agree (the main branch and the shortcut of a residual
+block) pass one layer's returned origin to the others; :func:`mass_lightning.convert`
+wires that from the model's dataflow. So one model can serve many threads, be
+re-entered, recomputed by activation checkpointing, compiled and exported.
+
 Anti-aliasing (LPF blur or DDAC) is a stride-1 filter ``A`` applied just before the
 subsampling, as in Zhang (2019) and Zou et al. (2020): ``D(x) = A(D1(x))[::s, ::s]``. For a
 linear op and a fixed blur ``A`` commutes with ``D1``, so it is computed as ``D(A(x))`` at
 stride ``s`` (identical up to float rounding, and ``s^2`` times cheaper); max-pool and DDAC
 need ``D1`` at full resolution.
 
-All layers here are subclasses of the ``torch.nn`` layers they replace, with the same
-parameters and buffers, so state dicts load both ways. With circular padding the output
-size is exactly ``H / s`` (``ceil_mode`` and ``count_include_pad`` have no effect).
+The layers are subclasses of the ``torch.nn`` layers they replace, with the same parameters
+and buffers, so state dicts load both ways. A subclass with a ``forward`` of its own
+(weight standardisation, parametrizations, LoRA) keeps it: the layer runs that forward on
+the circularly padded copy. With circular padding the output size is exactly ``H / s``.
 
 Implementation (CPU). The circular padding is one copy that MASS also uses for the shift:
 the samples are grouped by origin (at most ``s * s`` groups), each group's shifted, padded
@@ -28,23 +37,29 @@ window is copied into one batch ordered by origin, the op runs once on it, and o
 copy, because PyTorch's NCHW max-pool kernel on CPU is an order of magnitude slower than
 its channels-last one; the output is NCHW, whatever the input's layout. None of this changes a
 value: copies and maxima are exact. See ``docs/benchmarks/README.md`` for measurements.
+
+**Non-finite inputs.** No origin can be chosen for a sample with NaN or Inf. In eager mode
+the layer raises :class:`~mass_lightning.errors.NonFiniteInputError` naming itself. Under
+``torch.compile`` or export, where a check would need a host synchronisation, the output
+of such a sample is made NaN instead, so a non-finite input never gives a finite output.
 """
 
 from __future__ import annotations
 
-import warnings
+import copy
 import weakref
 from collections.abc import Callable
-from typing import Any, ClassVar, Literal, NamedTuple
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
+from ..errors import InputSizeError, NonFiniteInputError
 from .blur import Blur2d
-from .circular import _sorted_pad_windows, conv_padding
-from .polyphase import as_pair, check_divisible, select_origin
-from .scope import OriginScope
+from .circular import _sorted_pad_windows, conv_padding, shift_and_pad
+from .polyphase import as_pair, check_divisible, select_origin_and_finiteness
 
 __all__ = [
     "APSAvgPool2d",
@@ -53,31 +68,24 @@ __all__ = [
     "CircularAvgPool2d",
     "CircularConv2d",
     "CircularMaxPool2d",
-    "DownsampleState",
     "EquivariantDownsample",
     "MASSAvgPool2d",
     "MASSConv2d",
     "MASSMaxPool2d",
+    "SAMPLINGS",
     "Sampling",
+    "equivariant_adaptive_pool2d",
+    "equivariant_avg_pool2d",
+    "equivariant_conv2d",
+    "equivariant_max_pool2d",
+    "equivariant_subsample",
+    "sample",
     "subsample",
 ]
 
 Sampling = Literal["fixed", "mass", "aps"]
-_HISTORY_LIMIT = 64
-
-
-class DownsampleState(NamedTuple):
-    """What a downsampling call leaves for its paired upsampling layer.
-
-    Attributes:
-        origin: ``(B, 2)`` offsets in input pixels of the kept phase.
-        input_size: ``(H, W)`` of the input.
-        indices: max-pool argmax indices into the shifted ``H x W`` input, or ``None``.
-    """
-
-    origin: Tensor
-    input_size: tuple[int, int]
-    indices: Tensor | None = None
+SAMPLINGS: tuple[str, ...] = ("fixed", "mass", "aps")
+Pad4 = tuple[int, int, int, int]
 
 
 def subsample(z: Tensor, origin: Tensor | None, stride: tuple[int, int]) -> Tensor:
@@ -101,111 +109,97 @@ def subsample(z: Tensor, origin: Tensor | None, stride: tuple[int, int]) -> Tens
     return out
 
 
-class EquivariantDownsample:
-    """Mixin with the sampling logic shared by the conv and pooling layers.
+def _choose(x: Tensor, stride: tuple[int, int], name: str) -> tuple[Tensor, Tensor | None]:
+    """MASS/APS origin of ``x``; raises on non-finite samples in eager mode.
 
-    Subclasses set :attr:`sampling` and implement :meth:`_full` (the stride-1 output,
-    anti-aliasing included) and :meth:`_strided` (phase-0 output of an input already
-    shifted to its origin, computed at stride ``s``).
-
-    Attributes:
-        antialias: optional stride-1 low-pass filter applied before subsampling.
-        scope: an :class:`OriginScope` shared with the other downsamplers of a block.
-        last_origin: ``(B, 2)`` origin of the latest call (``None`` before the first).
+    Returns ``(origin, poison)``: ``poison`` is ``None`` in eager mode, and under the
+    compiler a ``(B, 1, 1, 1)`` tensor, NaN for non-finite samples and 0 otherwise, to add
+    to the output.
     """
+    origin, finite = select_origin_and_finiteness(x, stride)
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return origin, torch.where(finite, 0.0, float("nan")).to(x.dtype).view(-1, 1, 1, 1)
+    if not bool(finite.all()):
+        bad = (~finite).nonzero().flatten().tolist()
+        raise NonFiniteInputError(
+            f"{name}: the input of sample(s) {bad[:8]}{'...' if len(bad) > 8 else ''} holds NaN or Inf, so no "
+            "shift-equivariant origin can be chosen. Check the input data; in training, a lower learning rate "
+            "or gradient clipping usually helps."
+        )
+    return origin, None
 
-    sampling: ClassVar[Sampling] = "fixed"
-    antialias: nn.Module | None
 
-    def _setup_equivariance(self, antialias: nn.Module | None) -> None:
-        self.antialias = antialias
-        self.scope: OriginScope | None = None
-        self.last_origin: Tensor | None = None
-        self._record = False
-        self._history: list[DownsampleState] = []
+def sample(
+    strided: Callable[[Tensor], Any],
+    dense: Callable[[Tensor], Tensor] | None,
+    x: Tensor,
+    stride: tuple[int, int],
+    pad: Pad4,
+    *,
+    sampling: Sampling = "mass",
+    origin: Tensor | None = None,
+    name: str = "downsampling layer",
+    memory_format: torch.memory_format | None = None,
+    prefilter: Callable[[Tensor], Tensor] | None = None,
+) -> tuple[Any, Tensor]:
+    """Run a downsampling op with the given sampling; the core of every layer here.
 
-    # -- subclass API -------------------------------------------------------------------
-    def _stride_pair(self) -> tuple[int, int]:
-        return as_pair(self.stride)  # type: ignore[attr-defined]
+    Args:
+        strided: the op at its stride on a circularly padded (and shifted) input with no
+            padding of its own; may return a tuple (values, indices).
+        dense: the op at stride 1 (for APS); ``None`` if the op has no stride-1
+            counterpart (plain subsampling, space-to-depth), where APS selects on the input
+            like MASS.
+        x: input feature map.
+        stride: ``(sy, sx)``.
+        pad: circular padding ``(left, right, top, bottom)`` of the op.
+        sampling: ``"fixed"``, ``"mass"`` or ``"aps"``.
+        origin: ``(B, 2)`` origin to use instead of choosing one (a shared origin).
+        name: the layer, for error messages.
+        memory_format: layout of the padded copy on CPU (``None``: NCHW).
+        prefilter: a stride-1, shift-equivariant filter that commutes with ``strided``
+            (a linear blur before a linear op): applied to the input of the fixed and MASS
+            samplings after the origin was chosen from the unfiltered input. APS ignores it
+            (``dense`` filters its own output).
 
-    def _full(self, x: Tensor) -> Tensor:
-        raise NotImplementedError
+    Returns:
+        ``(output of strided, origin)``; the origin is zeros for ``"fixed"``.
 
-    def _strided(self, x: Tensor, origin: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        """Phase-0 output of ``roll(x, -origin)``; returns ``(y, indices_or_None)``."""
-        raise NotImplementedError
+    Shape:
+        - Input: :math:`(B, C, H, W)` with ``H % sy == 0`` and ``W % sx == 0``.
+        - Output: the op's output at :math:`(H / s_y, W / s_x)` and :math:`(B, 2)`.
+    """
+    check_divisible(x, stride, name)
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"{name}: sampling must be one of {SAMPLINGS}, got {sampling!r}.")
+    poison = None
+    if sampling == "fixed" or stride == (1, 1):
+        source = x if prefilter is None else prefilter(x)
+        y = _on_shifted(strided, source, None, pad, memory_format)
+        return y, torch.zeros(x.shape[0], 2, dtype=torch.int64, device=x.device)
+    if sampling == "aps" and dense is not None:
+        z = _on_shifted(dense, x, None, pad, memory_format)
+        if origin is None:
+            origin, poison = _choose(z, stride, name)
+        y = subsample(z, origin, stride)
+    else:
+        if origin is None:
+            origin, poison = _choose(x, stride, name)
+        source = x if prefilter is None else prefilter(x)
+        y = _on_shifted(strided, source, origin, pad, memory_format)
+    if poison is not None:
+        y = tuple(v + poison if v.is_floating_point() else v for v in y) if isinstance(y, tuple) else y + poison
+    return y, origin
 
-    @property
-    def _linear_antialias(self) -> bool:
-        return self.antialias is None or isinstance(self.antialias, Blur2d)
 
-    # -- pairing --------------------------------------------------------------------------
-    def enable_recording(self) -> None:
-        """Keep a :class:`DownsampleState` per call for a paired upsampling layer."""
-        self._record = True
+def _check_origin(origin: Tensor | None, x: Tensor, name: str) -> None:
+    if origin is not None and (origin.dim() != 2 or origin.shape != (x.shape[0], 2)):
+        raise ValueError(f"{name}: origin must have shape ({x.shape[0]}, 2) for an input of batch size "
+                         f"{x.shape[0]}, got {tuple(origin.shape)}.")
 
-    def pop_state(self) -> DownsampleState:
-        """Latest unconsumed call's state (last in, first out), for paired upsampling."""
-        if not self._history:
-            raise RuntimeError(
-                f"{type(self).__name__}: no stored origin to undo. A paired upsampling layer "
-                "must run after its downsampling layer, once per downsampling call."
-            )
-        return self._history.pop()
 
-    def clear_states(self) -> None:
-        self._history.clear()
-
-    def _remember(self, state: DownsampleState) -> None:
-        self.last_origin = state.origin
-        if not self._record:
-            return
-        if len(self._history) >= _HISTORY_LIMIT:
-            warnings.warn(
-                f"{type(self).__name__}: {_HISTORY_LIMIT} downsampling states were never consumed "
-                "by a paired upsampling layer; dropping the oldest. Call clear_states() between "
-                "forward passes that do not upsample.",
-                stacklevel=3,
-            )
-            self._history.pop(0)
-        self._history.append(state)
-
-    # -- forward ----------------------------------------------------------------------------
-    def _select(self, x: Tensor, stride: tuple[int, int]) -> Tensor:
-        if self.scope is not None:
-            shared = self.scope.lookup(stride, x.shape[0])
-            if shared is not None:
-                return shared
-        origin = select_origin(x, stride)
-        if self.scope is not None:
-            self.scope.store(origin, stride)
-        return origin
-
-    def _equivariant_forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        stride = self._stride_pair()
-        check_divisible(x, stride, self._describe())
-        if stride == (1, 1):
-            return self._strided(x, None)
-        if self.sampling == "aps":
-            z = self._full(x)
-            origin = self._select(z, stride)
-            y, indices = subsample(z, origin, stride), None
-        elif self.sampling == "mass":
-            origin = self._select(x, stride)
-            y, indices = self._strided(x, origin)
-        else:
-            origin = torch.zeros(x.shape[0], 2, dtype=torch.int64, device=x.device)
-            y, indices = self._strided(x, None)
-        self._remember(DownsampleState(origin, (x.shape[-2], x.shape[-1]), indices))
-        return y, indices
-
-    def _describe(self) -> str:
-        return f"{type(self).__name__}({self.extra_repr()})"  # type: ignore[attr-defined]
-
-    def _antialiased_strided(self, x: Tensor, origin: Tensor | None) -> tuple[Tensor, None]:
-        """Fallback for non-commuting filters: full-resolution op, then subsample."""
-        stride = self._stride_pair()
-        return subsample(self._full(x), origin, stride), None
+def _with_origin(out: Any, origin: Tensor, return_origin: bool) -> Any:
+    return (out, origin) if return_origin else out
 
 
 def _on_shifted(
@@ -282,6 +276,300 @@ def _unpack(saved: Any) -> Tensor:
     return saved.rebuild()
 
 
+def _conv_ops(weight: Tensor, bias: Tensor | None, stride: tuple[int, int], dilation: tuple[int, int],
+              groups: int) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
+    def strided(p: Tensor) -> Tensor:
+        return F.conv2d(p, weight, bias, stride, 0, dilation, groups)
+
+    def dense(p: Tensor) -> Tensor:
+        return F.conv2d(p, weight, bias, 1, 0, dilation, groups)
+
+    return strided, dense
+
+
+def equivariant_conv2d(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] | str = 0,
+    dilation: int | tuple[int, int] = 1,
+    groups: int = 1,
+    *,
+    sampling: Sampling = "mass",
+    origin: Tensor | None = None,
+    return_origin: bool = False,
+    name: str = "conv2d",
+) -> Tensor | tuple[Tensor, Tensor]:
+    """``F.conv2d`` with circular padding and the given sampling (see the module docs).
+
+    ``padding`` is the original op's: its leading side is kept, so the weights mean the
+    same thing; the output size is always ``H / s``.
+
+    Returns:
+        The output, and the origin used if ``return_origin``.
+
+    Shape:
+        - Input: :math:`(B, C_{in}, H, W)` with ``H, W`` divisible by the stride.
+        - Output: :math:`(B, C_{out}, H / s, W / s)`, origin :math:`(B, 2)`.
+
+    Example:
+        >>> w = torch.randn(8, 3, 3, 3)
+        >>> y, o = equivariant_conv2d(torch.randn(2, 3, 8, 12), w, stride=2, padding=1, return_origin=True)
+        >>> y.shape, o.shape
+        (torch.Size([2, 8, 4, 6]), torch.Size([2, 2]))
+    """
+    stride, dilation = as_pair(stride), as_pair(dilation, "dilation")
+    pad = conv_padding(tuple(weight.shape[-2:]), dilation, padding if isinstance(padding, str)
+                       else as_pair(padding, "padding", 0))
+    _check_origin(origin, x, name)
+    strided, dense = _conv_ops(weight, bias, stride, dilation, groups)
+    y, origin = sample(strided, dense, x, stride, pad, sampling=sampling, origin=origin, name=name)
+    return _with_origin(y, origin, return_origin)
+
+
+def _max_pool_ops(kernel_size: Any, stride: tuple[int, int], dilation: Any, with_indices: bool,
+                  antialias: nn.Module | None) -> tuple[Callable[[Tensor], Any], Callable[[Tensor], Tensor]]:
+    def dense(p: Tensor) -> Tensor:
+        z = F.max_pool2d(p, kernel_size, 1, 0, dilation)
+        z = z.contiguous() if not z.is_contiguous() else z
+        return z if antialias is None else antialias(z)
+
+    def strided(p: Tensor) -> Any:
+        if antialias is not None:
+            return dense(p)[..., :: stride[0], :: stride[1]]
+        if with_indices:
+            return F.max_pool2d(p, kernel_size, stride, 0, dilation, return_indices=True)
+        return F.max_pool2d(p, kernel_size, stride, 0, dilation)
+
+    return strided, dense
+
+
+def _pool_pad(kernel_size: Any, dilation: Any, padding: Any) -> Pad4:
+    return conv_padding(as_pair(kernel_size, "kernel_size"), as_pair(dilation, "dilation"),
+                        padding if isinstance(padding, str) else as_pair(padding, "padding", 0))
+
+
+def equivariant_max_pool2d(
+    x: Tensor,
+    kernel_size: int | tuple[int, int],
+    stride: int | tuple[int, int] | None = None,
+    padding: int | tuple[int, int] | str = 0,
+    dilation: int | tuple[int, int] = 1,
+    ceil_mode: bool = False,
+    return_indices: bool = False,
+    *,
+    sampling: Sampling = "mass",
+    origin: Tensor | None = None,
+    return_origin: bool = False,
+    antialias: nn.Module | None = None,
+    name: str = "max_pool2d",
+) -> Any:
+    """``F.max_pool2d`` with circular padding (wrapped-around values, not ``-inf``) and a sampling.
+
+    ``ceil_mode`` has no effect: the output size is always ``H / s``. With
+    ``return_indices`` the indices address the ``H x W`` input after the MASS shift, as
+    :func:`torch.nn.functional.max_unpool2d` expects; undo the shift with the origin
+    (:class:`~mass_lightning.layers.MASSMaxUnpool2d`).
+
+    Returns:
+        The output (``(values, indices)`` with ``return_indices``), and the origin if
+        ``return_origin``.
+
+    Shape:
+        - Input: :math:`(B, C, H, W)` with ``H, W`` divisible by the stride.
+        - Output: :math:`(B, C, H / s, W / s)`.
+    """
+    stride = as_pair(stride if stride is not None else kernel_size)
+    _check_origin(origin, x, name)
+    if return_indices and (antialias is not None or sampling == "aps"):
+        raise ValueError(f"{name}: max-unpooling indices are not defined with anti-aliasing or APS; use MASS "
+                         "without anti-aliasing.")
+    pad = _pool_pad(kernel_size, dilation, padding)
+    strided, dense = _max_pool_ops(kernel_size, stride, dilation, return_indices, antialias)
+    # Channels-last on CPU: the same maxima, an order of magnitude faster kernel; output NCHW.
+    fmt = torch.channels_last if _prefer_nhwc(x) else None
+    out, origin = sample(strided, dense, x, stride, pad, sampling=sampling, origin=origin, name=name,
+                         memory_format=fmt)
+    if return_indices:
+        values, flat = out
+        padded_width = x.shape[-1] + pad[0] + pad[1]
+        out = (values.contiguous(), _unpad_indices(flat.contiguous(), padded_width, x.shape[-2:], pad))
+    elif fmt is not None:
+        out = out.contiguous()
+    return _with_origin(out, origin, return_origin)
+
+
+def equivariant_avg_pool2d(
+    x: Tensor,
+    kernel_size: int | tuple[int, int],
+    stride: int | tuple[int, int] | None = None,
+    padding: int | tuple[int, int] | str = 0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+    divisor_override: int | None = None,
+    *,
+    sampling: Sampling = "mass",
+    origin: Tensor | None = None,
+    return_origin: bool = False,
+    antialias: nn.Module | None = None,
+    name: str = "avg_pool2d",
+) -> Tensor | tuple[Tensor, Tensor]:
+    """``F.avg_pool2d`` with circular padding (every window averages real values) and a sampling.
+
+    ``ceil_mode`` and ``count_include_pad`` have no effect: windows are always full.
+
+    Shape:
+        - Input: :math:`(B, C, H, W)` with ``H, W`` divisible by the stride.
+        - Output: :math:`(B, C, H / s, W / s)`.
+    """
+    stride = as_pair(stride if stride is not None else kernel_size)
+    _check_origin(origin, x, name)
+    pad = _pool_pad(kernel_size, 1, padding)
+    strided, dense, prefilter = _avg_pool_ops(kernel_size, stride, divisor_override, antialias)
+    y, origin = sample(strided, dense, x, stride, pad, sampling=sampling, origin=origin, name=name,
+                       prefilter=prefilter)
+    return _with_origin(y, origin, return_origin)
+
+
+def _avg_pool_ops(kernel_size: Any, stride: tuple[int, int], divisor_override: int | None,
+                  antialias: nn.Module | None) -> tuple[Callable, Callable, Callable | None]:
+    linear = antialias is None or isinstance(antialias, Blur2d)
+
+    def pool(p: Tensor, s: tuple[int, int]) -> Tensor:
+        return F.avg_pool2d(p, kernel_size, s, 0, False, True, divisor_override)
+
+    def dense(p: Tensor) -> Tensor:
+        z = pool(p, (1, 1))
+        return z if antialias is None else antialias(z)
+
+    if linear:
+        return (lambda p: pool(p, stride)), dense, antialias
+    return (lambda p: dense(p)[..., :: stride[0], :: stride[1]]), dense, None
+
+
+def equivariant_adaptive_pool2d(
+    x: Tensor,
+    output_size: int | tuple[int, int],
+    *,
+    average: bool = True,
+    sampling: Sampling = "mass",
+    origin: Tensor | None = None,
+    return_origin: bool = False,
+    name: str = "adaptive_pool2d",
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Adaptive pooling into ``output_size`` bins as a non-overlapping pooling that MASS/APS can
+    sample: exact when the bins tile the map (``H % bins == 0``), refused otherwise.
+
+    ``F.adaptive_avg_pool2d`` into fixed bins sees the absolute position; with bins that tile
+    the map it is an average (or max) pool with kernel = stride = ``H / bins``, whose
+    sampling phase MASS chooses. Pyramid pooling (PSPNet, UPerNet) upsamples the result
+    back, undoing the origin.
+
+    Shape:
+        - Input: :math:`(B, C, H, W)` with ``H % b_y == 0`` and ``W % b_x == 0``.
+        - Output: :math:`(B, C, b_y, b_x)`.
+    """
+    bins = as_pair(output_size, "output_size")
+    height, width = x.shape[-2:]
+    if height % bins[0] or width % bins[1]:
+        raise InputSizeError(
+            f"{name}: pools a {height}x{width} map into {bins[0]}x{bins[1]} bins, which is shift-equivariant only "
+            f"when the bins tile the map. Use inputs whose size makes this map a multiple of {bins[0]}x{bins[1]}."
+        )
+    stride = (height // bins[0], width // bins[1])
+    if average:
+        return equivariant_avg_pool2d(x, stride, stride, 0, sampling=sampling, origin=origin,
+                                      return_origin=return_origin, name=name)
+    return equivariant_max_pool2d(x, stride, stride, 0, sampling=sampling, origin=origin,
+                                  return_origin=return_origin, name=name)
+
+
+def equivariant_subsample(
+    x: Tensor,
+    stride: int | tuple[int, int],
+    offset: tuple[int, int] = (0, 0),
+    *,
+    sampling: Sampling = "mass",
+    origin: Tensor | None = None,
+    return_origin: bool = False,
+    name: str = "subsample",
+) -> Tensor | tuple[Tensor, Tensor]:
+    """``x[..., a::sy, b::sx]`` (``offset = (a, b)``) taken at the origin: pixel ``i`` is
+    ``x[sy * i + oy + a]`` (indices modulo the size). APS and MASS coincide here.
+
+    Shape:
+        - Input: :math:`(B, C, H, W)` with ``H, W`` divisible by the stride.
+        - Output: :math:`(B, C, H / s_y, W / s_x)`.
+    """
+    stride = as_pair(stride)
+    check_divisible(x, stride, name)
+    _check_origin(origin, x, name)
+    poison = None
+    if sampling == "fixed":
+        origin = torch.zeros(x.shape[0], 2, dtype=torch.int64, device=x.device)
+    elif origin is None:
+        origin, poison = _choose(x, stride, name)
+    start = origin + torch.tensor(offset, dtype=origin.dtype, device=origin.device)
+    y = shift_and_pad(x, start)[..., :: stride[0], :: stride[1]]
+    if poison is not None:
+        y = y + poison
+    return _with_origin(y, origin, return_origin)
+
+
+class EquivariantDownsample:
+    """Mixin of the circular conv and pooling layers: sampling, anti-aliasing, naming.
+
+    Subclasses set :attr:`sampling` and implement :meth:`_ops`, which returns the
+    ``(strided, dense, prefilter, memory_format)`` arguments of :func:`sample`.
+
+    Attributes:
+        antialias: optional stride-1 low-pass filter applied before subsampling.
+        name: how errors refer to this layer (:func:`mass_lightning.convert` sets the
+            module's path in the model); the class and its arguments otherwise.
+    """
+
+    sampling: ClassVar[Sampling] = "fixed"
+    antialias: nn.Module | None
+    name: str | None
+
+    def _setup_equivariance(self, antialias: nn.Module | None) -> None:
+        self.antialias = antialias
+        self.name = None
+
+    def _stride_pair(self) -> tuple[int, int]:
+        return as_pair(self.stride)  # type: ignore[attr-defined]
+
+    def _pad(self) -> Pad4:
+        raise NotImplementedError
+
+    def _ops(self) -> tuple[Callable[[Tensor], Any], Callable[[Tensor], Tensor] | None,
+                            Callable[[Tensor], Tensor] | None, torch.memory_format | None]:
+        raise NotImplementedError
+
+    def _describe(self) -> str:
+        return self.name or f"{type(self).__name__}({self.extra_repr()})"  # type: ignore[attr-defined]
+
+    def _sample(self, x: Tensor, origin: Tensor | None) -> tuple[Any, Tensor]:
+        name = self._describe()
+        _check_origin(origin, x, name)
+        strided, dense, prefilter, fmt = self._ops()
+        return sample(strided, dense, x, self._stride_pair(), self._pad(), sampling=self.sampling,
+                      origin=origin, name=name, memory_format=fmt, prefilter=prefilter)
+
+
+def _share_state(new: nn.Module, module: nn.Module) -> None:
+    """``new`` takes ``module``'s attributes; parameters and buffers are the same dicts, so
+    both see every later change (``.to()``, ``load_state_dict(assign=True)``)."""
+    new.__dict__.update(module.__dict__)
+    new._modules = dict(module._modules)  # own dict: an anti-aliasing filter may be added
+
+
+def _runs_own_forward(module: nn.Module, base: type[nn.Module]) -> bool:
+    """Whether ``module`` computes something else than ``base.forward`` (subclass or parametrization)."""
+    return parametrize.is_parametrized(module) or type(module).forward is not base.forward
+
+
 class CircularConv2d(EquivariantDownsample, nn.Conv2d):
     """``nn.Conv2d`` with circular padding; the baseline (phase-0) sampling when strided.
 
@@ -296,32 +584,61 @@ class CircularConv2d(EquivariantDownsample, nn.Conv2d):
 
     Shape:
         - Input: :math:`(B, C_{in}, H, W)` with ``H, W`` divisible by the stride.
-        - Output: :math:`(B, C_{out}, H / s, W / s)`.
+        - Output: :math:`(B, C_{out}, H / s, W / s)`; with ``return_origin=True`` also the
+          origin :math:`(B, 2)`.
 
     Example:
         >>> conv = MASSConv2d(3, 8, 3, stride=2, padding=1)
         >>> conv(torch.randn(2, 3, 8, 12)).shape
         torch.Size([2, 8, 4, 6])
+        >>> y, origin = conv(torch.randn(2, 3, 8, 12), return_origin=True)  # share `origin` with a shortcut
     """
 
     def __init__(self, *args, antialias: nn.Module | None = None, **kwargs) -> None:
         kwargs["padding_mode"] = "circular"
         super().__init__(*args, **kwargs)
         self._setup_equivariance(antialias)
+        self.__dict__["_own_forward"] = None
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d, antialias: nn.Module | None = None) -> CircularConv2d:
-        """Same parameters (shared, not copied) and hyper-parameters as ``conv``."""
+    def from_conv(
+        cls,
+        conv: nn.Conv2d,
+        antialias: nn.Module | None = None,
+        *,
+        padding: tuple[int, int] | str | None = None,
+        own_forward: bool | None = None,
+    ) -> CircularConv2d:
+        """Same parameters (shared, not copied) and hyper-parameters as ``conv``.
+
+        Args:
+            conv: the conv to make circular (any ``nn.Conv2d``, subclasses included).
+            antialias: optional stride-1 filter before subsampling.
+            padding: the leading padding to use instead of ``conv.padding`` (for convs that
+                compute theirs at run time, like TF "same" padding).
+            own_forward: run ``conv``'s own ``forward`` on the padded copy (weight
+                standardisation, parametrizations, LoRA). ``None``: when ``conv`` overrides
+                ``forward`` or is parametrized.
+        """
         new = cls.__new__(cls)
-        new.__dict__.update(conv.__dict__)
-        new._parameters = dict(conv._parameters)
-        new._buffers = dict(conv._buffers)
-        new._modules = dict(conv._modules)
+        _share_state(new, conv)
+        new.__dict__["_source_class"] = type(conv)
+        if padding is not None:
+            new.padding = padding
         new.padding_mode = "circular"
         new._setup_equivariance(antialias)
+        if own_forward is None:
+            own_forward = _runs_own_forward(conv, nn.Conv2d)
+        new.__dict__["_own_forward"] = _inner_convs(conv, new.training) if own_forward else None
         return new
 
-    def _pad(self) -> tuple[int, int, int, int]:
+    def train(self, mode: bool = True) -> CircularConv2d:
+        super().train(mode)
+        for inner in self.__dict__.get("_own_forward") or ():
+            inner.train(mode)
+        return self
+
+    def _pad(self) -> Pad4:
         return conv_padding(self.kernel_size, self.dilation, self.padding)
 
     def _check_channels(self, x: Tensor) -> None:
@@ -331,31 +648,47 @@ class CircularConv2d(EquivariantDownsample, nn.Conv2d):
                 f"shape {tuple(x.shape)}."
             )
 
-    def _conv(self, x: Tensor, stride: tuple[int, int]) -> Tensor:
-        return F.conv2d(x, self.weight, self.bias, stride, 0, self.dilation, self.groups)
-
-    def _full(self, x: Tensor) -> Tensor:
-        z = _on_shifted(lambda padded: self._conv(padded, (1, 1)), x, None, self._pad())
-        return z if self.antialias is None else self.antialias(z)
-
-    def _strided(self, x: Tensor, origin: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        if not self._linear_antialias:
-            return self._antialiased_strided(x, origin)
-        if self.antialias is not None:
-            x = self.antialias(x)
+    def _ops(self):
+        inner = self.__dict__.get("_own_forward")
+        if inner is not None:
+            strided, dense = inner
+        else:
+            strided, dense = _conv_ops(self.weight, self.bias, self._stride_pair(), self.dilation, self.groups)
+        if self.antialias is None or isinstance(self.antialias, Blur2d):
+            post = dense if self.antialias is None else (lambda p: self.antialias(dense(p)))
+            return strided, post, self.antialias, None
+        # A non-linear filter (DDAC) runs on the full-resolution output.
+        filtered = lambda p: self.antialias(dense(p))  # noqa: E731
         stride = self._stride_pair()
-        return _on_shifted(lambda padded: self._conv(padded, stride), x, origin, self._pad()), None
+        return (lambda p: filtered(p)[..., :: stride[0], :: stride[1]]), filtered, None, None
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, origin: Tensor | None = None, return_origin: bool = False) -> Any:
         self._check_channels(x)
-        return self._equivariant_forward(x)[0]
+        y, origin = self._sample(x, origin)
+        return _with_origin(y, origin, return_origin)
+
+
+def _inner_convs(conv: nn.Conv2d, training: bool) -> tuple[nn.Conv2d, nn.Conv2d]:
+    """Two views of ``conv`` (its class and forward, the same parameter dicts) that run on a
+    padded copy: at the conv's stride and at stride 1. Not submodules: no state-dict keys."""
+    strided = copy.copy(conv)
+    strided.__dict__["padding"] = (0, 0)
+    strided.__dict__["padding_mode"] = "zeros"
+    if getattr(strided, "same_pad", False):  # timm's *Same convs pad at run time
+        strided.__dict__["same_pad"] = False
+    dense = copy.copy(strided)
+    dense.__dict__["stride"] = (1, 1)
+    strided.train(training)
+    dense.train(training)
+    return strided, dense
 
 
 class CircularMaxPool2d(EquivariantDownsample, nn.MaxPool2d):
     """``nn.MaxPool2d`` with circular padding (the wrapped-around values, not ``-inf``).
 
-    With ``return_indices=True`` the indices address the ``H x W`` input (after the MASS
-    shift, if any), as :func:`torch.nn.functional.max_unpool2d` expects.
+    With ``return_indices=True`` the indices address the ``H x W`` input after the MASS
+    shift, as :func:`torch.nn.functional.max_unpool2d` expects; pass the origin to
+    :class:`~mass_lightning.layers.MASSMaxUnpool2d` to undo the shift.
 
     Shape:
         - Input: :math:`(B, C, H, W)` with ``H, W`` divisible by the stride.
@@ -374,58 +707,24 @@ class CircularMaxPool2d(EquivariantDownsample, nn.MaxPool2d):
         self._setup_equivariance(antialias)
 
     @classmethod
-    def from_pool(cls, pool: nn.MaxPool2d, antialias: nn.Module | None = None) -> CircularMaxPool2d:
-        return cls(
-            pool.kernel_size,
-            pool.stride,
-            pool.padding,
-            pool.dilation,
-            return_indices=pool.return_indices,
-            antialias=antialias,
+    def from_pool(cls, pool: nn.MaxPool2d, antialias: nn.Module | None = None, *,
+                  padding: tuple[int, int] | None = None) -> CircularMaxPool2d:
+        """Same hyper-parameters as ``pool`` (``padding`` overrides its leading padding)."""
+        new = cls(pool.kernel_size, pool.stride or pool.kernel_size, pool.padding if padding is None else padding,
+                  pool.dilation, return_indices=pool.return_indices, antialias=antialias)
+        new.__dict__["_source_class"] = type(pool)
+        return new
+
+    def _pad(self) -> Pad4:
+        return _pool_pad(self.kernel_size, self.dilation, self.padding)
+
+    def forward(self, x: Tensor, origin: Tensor | None = None, return_origin: bool = False) -> Any:
+        out = equivariant_max_pool2d(
+            x, self.kernel_size, self.stride, self.padding, self.dilation, return_indices=self.return_indices,
+            sampling=self.sampling, origin=origin, return_origin=True, antialias=self.antialias,
+            name=self._describe(),
         )
-
-    def _pad(self) -> tuple[int, int, int, int]:
-        return conv_padding(as_pair(self.kernel_size, "kernel_size"), as_pair(self.dilation, "dilation"),
-                            as_pair(self.padding, "padding", 0))
-
-    def _full(self, x: Tensor) -> Tensor:
-        to_nhwc = _prefer_nhwc(x)
-        fmt = torch.channels_last if to_nhwc else None
-        z = _on_shifted(lambda p: F.max_pool2d(p, self.kernel_size, 1, 0, self.dilation), x, None, self._pad(), fmt)
-        z = z.contiguous() if to_nhwc else z
-        return z if self.antialias is None else self.antialias(z)
-
-    def _strided(self, x: Tensor, origin: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        if self.antialias is not None:
-            if self.return_indices or self._record:
-                raise ValueError(f"{self._describe()}: max-unpooling indices are not defined with anti-aliasing.")
-            return self._antialiased_strided(x, origin)
-        pad, stride = self._pad(), self._stride_pair()
-        # The padded copy is made anyway; on CPU make it channels-last, where max-pooling
-        # is vectorised over channels (the NCHW kernel is an order of magnitude slower).
-        # The maxima are the same values; the output is NCHW (one fixed layout, see circular.py).
-        to_nhwc = _prefer_nhwc(x)
-        fmt = torch.channels_last if to_nhwc else None
-        padded_width = x.shape[-1] + pad[0] + pad[1]
-        if not (self.return_indices or self._record):
-            y = _on_shifted(lambda p: F.max_pool2d(p, self.kernel_size, stride, 0, self.dilation), x, origin, pad, fmt)
-            return (y.contiguous() if to_nhwc else y), None
-        y, flat = _on_shifted(
-            lambda p: F.max_pool2d(p, self.kernel_size, stride, 0, self.dilation, return_indices=True),
-            x, origin, pad, fmt,
-        )
-        if to_nhwc:
-            y, flat = y.contiguous(), flat.contiguous()
-        return y, _unpad_indices(flat, padded_width, x.shape[-2:], pad)
-
-    def _equivariant_forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        if self.sampling == "aps" and (self.return_indices or self._record):
-            raise ValueError(f"{self._describe()}: APS max-pooling keeps no unpooling indices; use MASS.")
-        return super()._equivariant_forward(x)
-
-    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
-        y, indices = self._equivariant_forward(x)
-        return (y, indices) if self.return_indices else y
+        return out if return_origin else out[0]
 
 
 def _prefer_nhwc(x: Tensor) -> bool:
@@ -433,7 +732,7 @@ def _prefer_nhwc(x: Tensor) -> bool:
     return x.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
-def _unpad_indices(flat: Tensor, padded_width: int, size: torch.Size, pad: tuple[int, int, int, int]) -> Tensor:
+def _unpad_indices(flat: Tensor, padded_width: int, size: torch.Size, pad: Pad4) -> Tensor:
     """Map flat indices into the padded map to flat indices into the unpadded ``H x W`` map."""
     left, _, top, _ = pad
     height, width = size
@@ -457,30 +756,23 @@ class CircularAvgPool2d(EquivariantDownsample, nn.AvgPool2d):
         self._setup_equivariance(antialias)
 
     @classmethod
-    def from_pool(cls, pool: nn.AvgPool2d, antialias: nn.Module | None = None) -> CircularAvgPool2d:
-        return cls(pool.kernel_size, pool.stride, pool.padding, divisor_override=pool.divisor_override,
-                   antialias=antialias)
+    def from_pool(cls, pool: nn.AvgPool2d, antialias: nn.Module | None = None, *,
+                  padding: tuple[int, int] | None = None) -> CircularAvgPool2d:
+        """Same hyper-parameters as ``pool`` (``padding`` overrides its leading padding)."""
+        new = cls(pool.kernel_size, pool.stride or pool.kernel_size, pool.padding if padding is None else padding,
+                  divisor_override=pool.divisor_override, antialias=antialias)
+        new.__dict__["_source_class"] = type(pool)
+        return new
 
-    def _pad(self) -> tuple[int, int, int, int]:
-        return conv_padding(as_pair(self.kernel_size, "kernel_size"), (1, 1), as_pair(self.padding, "padding", 0))
+    def _pad(self) -> Pad4:
+        return _pool_pad(self.kernel_size, 1, self.padding)
 
-    def _pool(self, x: Tensor, stride: tuple[int, int]) -> Tensor:
-        return F.avg_pool2d(x, self.kernel_size, stride, 0, False, True, self.divisor_override)
-
-    def _full(self, x: Tensor) -> Tensor:
-        z = _on_shifted(lambda padded: self._pool(padded, (1, 1)), x, None, self._pad())
-        return z if self.antialias is None else self.antialias(z)
-
-    def _strided(self, x: Tensor, origin: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        if not self._linear_antialias:
-            return self._antialiased_strided(x, origin)
-        if self.antialias is not None:
-            x = self.antialias(x)
-        stride = self._stride_pair()
-        return _on_shifted(lambda padded: self._pool(padded, stride), x, origin, self._pad()), None
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self._equivariant_forward(x)[0]
+    def forward(self, x: Tensor, origin: Tensor | None = None, return_origin: bool = False) -> Any:
+        return equivariant_avg_pool2d(
+            x, self.kernel_size, self.stride, self.padding, divisor_override=self.divisor_override,
+            sampling=self.sampling, origin=origin, return_origin=return_origin, antialias=self.antialias,
+            name=self._describe(),
+        )
 
 
 class MASSConv2d(CircularConv2d):

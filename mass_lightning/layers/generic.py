@@ -7,7 +7,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from .circular import shift_and_pad
-from .downsample import EquivariantDownsample
+from .downsample import EquivariantDownsample, sample
 from .polyphase import as_pair, check_divisible, select_origin
 
 __all__ = ["MASSDownsample", "mass_downsample"]
@@ -37,8 +37,9 @@ class MASSDownsample(EquivariantDownsample, nn.Module):
     """Wrap any downsampling module with MASS origin selection.
 
     Use it for layers that :func:`mass_lightning.convert` does not know (a custom pooling,
-    a SoftPool, ...). The wrapped module keeps its own state-dict keys: the wrapper adds
-    no prefix, so checkpoints of the unwrapped model load into the wrapped one.
+    a SoftPool, a space-to-depth, ...). The wrapped module keeps its own state-dict keys:
+    the wrapper adds no prefix, so checkpoints of the unwrapped model load into the
+    wrapped one.
 
     Args:
         module: the downsampling op, run unchanged on the shifted input. It must use
@@ -47,7 +48,7 @@ class MASSDownsample(EquivariantDownsample, nn.Module):
 
     Shape:
         - Input: :math:`(B, C, H, W)` with ``H, W`` divisible by the stride.
-        - Output: the module's output.
+        - Output: the module's output (and the origin with ``return_origin=True``).
 
     Example:
         >>> down = MASSDownsample(nn.AvgPool2d(2), stride=2)
@@ -65,11 +66,10 @@ class MASSDownsample(EquivariantDownsample, nn.Module):
         self._register_state_dict_hook(_strip_prefix)
         self._register_load_state_dict_pre_hook(_add_prefix)
 
-    def _strided(self, x: Tensor, origin: Tensor | None) -> tuple[Tensor, None]:
-        return self.module(x if origin is None else shift_and_pad(x, origin)), None
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self._equivariant_forward(x)[0]
+    def forward(self, x: Tensor, origin: Tensor | None = None, return_origin: bool = False) -> Any:
+        y, origin = sample(self.module, None, x, self.stride, (0, 0, 0, 0), sampling="mass", origin=origin,
+                           name=self._describe())
+        return (y, origin) if return_origin else y
 
     def extra_repr(self) -> str:
         return f"stride={self.stride}"
@@ -85,4 +85,3 @@ def _strip_prefix(module: nn.Module, state_dict: dict, prefix: str, local_metada
 def _add_prefix(state_dict: dict, prefix: str, *args: Any) -> None:
     for key in [k for k in state_dict if k.startswith(prefix) and not k.startswith(prefix + "module.")]:
         state_dict[prefix + "module." + key[len(prefix):]] = state_dict.pop(key)
-

@@ -61,12 +61,16 @@ import math
 import torch
 from torch import Tensor
 
+from ..errors import InputSizeError, NonFiniteInputError
+
 __all__ = [
     "as_pair",
     "check_divisible",
+    "exponent_above",
     "polyphase_energy",
     "polyphase_statistics",
     "select_origin",
+    "select_origin_and_finiteness",
 ]
 
 _INT64_BUDGET_BITS = 62
@@ -96,14 +100,14 @@ def check_divisible(x: Tensor, stride: tuple[int, int], layer: str) -> None:
     break it, so we refuse instead.
     """
     if x.dim() != 4:
-        raise ValueError(
+        raise InputSizeError(
             f"{layer} expects a 4-D input (B, C, H, W), got shape {tuple(x.shape)}. "
             "Add a batch dimension with x.unsqueeze(0) for a single image."
         )
     height, width = x.shape[-2:]
     sy, sx = stride
     if height % sy or width % sx:
-        raise ValueError(
+        raise InputSizeError(
             f"{layer}: input spatial size {height}x{width} is not divisible by the stride "
             f"{sy}x{sx}. Exact shift equivariance needs every downsampling stride to divide "
             f"the size it sees; for the whole network use sizes that are multiples of its "
@@ -116,10 +120,17 @@ def _next_multiple(value: int, base: int) -> int:
     return max(base, base * round(value / base))
 
 
-def _power_of_two(exponent: Tensor) -> Tensor:
-    """``2.0 ** exponent`` as float32, exact, built from the IEEE bit pattern."""
-    exponent = exponent.clamp(-126, 127).to(torch.int32)
-    return ((exponent + 127) << 23).view(torch.float32)
+def exponent_above(peak: Tensor) -> Tensor:
+    """The smallest integer ``e`` with ``peak < 2 ** e`` (``torch.frexp``'s exponent), as float.
+
+    Computed with ``log2``, ``floor`` and exact comparisons against ``exp2`` (exact on
+    integers), so that exported graphs need no bit casts; ``peak`` is clamped to the float32
+    normal range (a smaller peak only scales the statistics differently, never wrongly).
+    """
+    peak = peak.float().clamp(min=2.0**-126, max=2.0**126)
+    exponent = torch.floor(torch.log2(peak)) + 1
+    exponent = torch.where(torch.exp2(exponent - 1) > peak, exponent - 1, exponent)
+    return torch.where(torch.exp2(exponent) <= peak, exponent + 1, exponent)
 
 
 def _normalised(x: Tensor, num_terms: int, order: int) -> tuple[Tensor, float]:
@@ -133,8 +144,8 @@ def _normalised(x: Tensor, num_terms: int, order: int) -> tuple[Tensor, float]:
     per_factor = min(budget // order, 40)
     xf = x.detach().float()
     peak = xf.abs().amax(dim=(1, 2, 3))
-    _, exponent = torch.frexp(peak)  # peak < 2 ** exponent
-    scale = _power_of_two(per_factor - exponent).view(-1, 1, 1, 1)
+    exponent = exponent_above(peak)  # peak < 2 ** exponent
+    scale = torch.exp2((per_factor - exponent).clamp(-126, 127)).view(-1, 1, 1, 1)
     return xf * scale, float(2 ** (budget - order * per_factor))
 
 
@@ -217,11 +228,11 @@ def _gamma(terms: int, unit_roundoff: float) -> float:
     return terms * unit_roundoff / (1.0 - terms * unit_roundoff)
 
 
-def _fast_energy_argmax(x: Tensor, stride: tuple[int, int]) -> tuple[Tensor, Tensor]:
+def _fast_energy_argmax(x: Tensor, stride: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
     """Argmax of :func:`polyphase_energy` for the samples where a float sum proves it.
 
-    Returns ``(index, decided)``: ``index[b]`` equals the exact rule's choice wherever
-    ``decided[b]``. With ``t_p = fl32(x_p^2)``, ``T(o) = sum t_p`` (exact real sum) and
+    Returns ``(index, decided, finite)``: ``index[b]`` equals the exact rule's choice
+    wherever ``decided[b]``; ``finite[b]`` is whether the float sum of squares is finite. With ``t_p = fl32(x_p^2)``, ``T(o) = sum t_p`` (exact real sum) and
     ``c = 2^(budget - 2e)``, every quantised term is ``q_p = trunc(c * t_p)`` (scaling by
     powers of two commutes with float32 rounding; terms that under- or overflow differently
     are below ``1 / c`` once ``max |x| >= 2^-32``), so ``c T(o) - n < E(o) <= c T(o)``. The
@@ -253,12 +264,13 @@ def _fast_energy_argmax(x: Tensor, stride: tuple[int, int]) -> tuple[Tensor, Ten
     slack = 4.0 * num_terms * peak_sq * 2.0**-budget
     top = sums.topk(2, dim=1).values
     gap = top[:, 0] - top[:, 1]
+    finite = torch.isfinite(total)
     decided = (
-        torch.isfinite(total)
+        finite
         & (total >= 2.0 * (1.0 + delta) * channels * height * width * 2.0**-64)  # max |x| >= 2^-32
         & (gap > 2.0 * delta * (top[:, 0] + top[:, 1]) + 2.0 * slack)
     )
-    return sums.argmax(dim=1), decided
+    return sums.argmax(dim=1), decided, finite
 
 
 def _exact_energy_argmax(x: Tensor, stride: tuple[int, int]) -> Tensor:
@@ -292,6 +304,9 @@ def select_origin(x: Tensor, stride: int | tuple[int, int]) -> Tensor:
     Returns:
         ``int64`` tensor ``(B, 2)`` of ``(oy, ox)`` with ``0 <= oy < sy``, ``0 <= ox < sx``.
 
+    Raises:
+        NonFiniteInputError: in eager mode, if a sample holds NaN or Inf (no origin exists).
+
     Shape:
         - Input: :math:`(B, C, H, W)`, ``H % sy == 0`` and ``W % sx == 0``.
         - Output: :math:`(B, 2)`.
@@ -301,13 +316,28 @@ def select_origin(x: Tensor, stride: int | tuple[int, int]) -> Tensor:
         >>> select_origin(x, 2).tolist()
         [[1, 1]]
     """
+    origin, finite = select_origin_and_finiteness(x, stride)
+    if not (torch.compiler.is_compiling() or torch.jit.is_tracing()) and not bool(finite.all()):
+        bad = (~finite).nonzero().flatten().tolist()
+        raise NonFiniteInputError(f"select_origin: sample(s) {bad[:8]} hold NaN or Inf; no origin can be chosen.")
+    return origin
+
+
+def select_origin_and_finiteness(x: Tensor, stride: int | tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """:func:`select_origin` and a ``(B,)`` bool tensor, ``False`` for samples with NaN or Inf.
+
+    For such samples the origin is arbitrary. In eager mode finiteness is exact; under
+    ``torch.compile`` (no host synchronisation) a sample whose squares overflow float32
+    (``|x| > 1.8e19``) is also reported as non-finite.
+    """
     sy, sx = as_pair(stride)
     batch = x.shape[0]
     check_divisible(x, (sy, sx), "select_origin")
     if sy == 1 and sx == 1:
-        return torch.zeros(batch, 2, dtype=torch.int64, device=x.device)
+        origin = torch.zeros(batch, 2, dtype=torch.int64, device=x.device)
+        return origin, torch.ones(batch, dtype=torch.bool, device=x.device)
     with torch.autocast(device_type=x.device.type, enabled=False):
-        index, decided = _fast_energy_argmax(x, (sy, sx))
+        index, decided, finite = _fast_energy_argmax(x, (sy, sx))
         if torch.compiler.is_compiling():
             # torch.cond instead of a Python branch: no graph break. The exact rule then runs
             # on the whole batch, with every statistic for every sample (the lexicographic
@@ -318,9 +348,12 @@ def select_origin(x: Tensor, stride: int | tuple[int, int]) -> Tensor:
                 lambda _, inputs: _exact_index_branch_free(inputs, (sy, sx)),
                 (index, x.detach()),
             )
-        else:
-            if not bool(decided.all()):
-                rest = (~decided).nonzero().flatten()
-                exact = _exact_energy_argmax(x.detach().index_select(0, rest), (sy, sx))
+        elif not bool(decided.all()):
+            rest = (~decided).nonzero().flatten()
+            undecided = x.detach().index_select(0, rest)
+            finite_rest = torch.isfinite(undecided).flatten(1).all(dim=1)
+            finite = finite.index_copy(0, rest, finite_rest)
+            if bool(finite_rest.all()):
+                exact = _exact_energy_argmax(undecided, (sy, sx))
                 index = index.index_copy(0, rest, exact)
-    return torch.stack((index // sx, index % sx), dim=1)
+    return torch.stack((index // sx, index % sx), dim=1), finite

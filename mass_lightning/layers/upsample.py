@@ -1,13 +1,17 @@
-"""Upsampling layers paired with a downsampling layer: they undo its stored origins.
+"""Upsampling that undoes the origins of downsampling: the up half of a MASS encoder-decoder.
 
 A MASS (or APS) downsampling layer keeps the phase ``o`` of its input at output pixel
-(0, 0). Its paired upsampling layer upsamples in that shifted frame and then rolls the
-result by ``+o`` per sample, so the decoder works in the input's frame and an
-encoder-decoder stays exactly equivariant. States are kept per call on a stack, so a
-downsampling module that is called several times (a shared pool in a U-Net, or the model
-run on two shifted batches) is undone in reverse order.
+(0, 0) and can return ``o`` (``return_origin=True``). The matching upsampling layer takes
+that origin as an argument: it upsamples in the shifted frame and then rolls the result by
+``+o`` per sample, so the decoder works in the input's frame and an encoder-decoder stays
+exactly equivariant. Origins (and max-pool indices) flow as values from the down to the up
+call, never through module state, so a layer can be shared and called many times::
 
-Pairing is explicit: ``up = MASSMaxUnpool2d(paired=pool)``.
+    (y, indices), origin = pool(x, return_origin=True)    # MASSMaxPool2d(2, return_indices=True)
+    x_up = unpool(y, indices, origin)                      # MASSMaxUnpool2d(2)
+
+:func:`mass_lightning.convert` wires this through a whole model, including upsampling
+that skips several levels (the origins of every skipped level are undone).
 """
 
 from __future__ import annotations
@@ -18,8 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .circular import circular_interpolate, unshift
-from .downsample import CircularMaxPool2d, DownsampleState, EquivariantDownsample
+from .circular import circular_interpolate, circular_pad, unshift
 from .polyphase import as_pair
 
 __all__ = [
@@ -29,38 +32,19 @@ __all__ = [
     "MASSUpsample",
     "aps_upsample",
     "circular_conv_transpose2d",
+    "max_unpool2d_at",
 ]
 
 
-class _Paired:
-    """Holds a non-owning reference to the paired downsampling layer."""
+def _zero_origin(y: Tensor) -> Tensor:
+    return torch.zeros(y.shape[0], 2, dtype=torch.int64, device=y.device)
 
-    def _pair_with(self, paired: EquivariantDownsample | None) -> None:
-        if paired is not None and not isinstance(paired, EquivariantDownsample):
-            raise TypeError(
-                f"{type(self).__name__}: paired must be a MASS/APS/circular downsampling layer from "
-                f"mass_lightning.layers, got {type(paired).__name__}."
-            )
-        # Not registered as a submodule: the down layer already belongs to the model.
-        self.__dict__["_paired"] = paired
-        if paired is not None:
-            paired.enable_recording()
 
-    @property
-    def paired(self) -> EquivariantDownsample | None:
-        return self.__dict__["_paired"]
-
-    def _state(self, y: Tensor, scale: tuple[int, int]) -> DownsampleState:
-        if self.paired is None:
-            height, width = y.shape[-2] * scale[0], y.shape[-1] * scale[1]
-            return DownsampleState(torch.zeros(y.shape[0], 2, dtype=torch.int64, device=y.device), (height, width))
-        state = self.paired.pop_state()
-        if state.origin.shape[0] != y.shape[0]:
-            raise ValueError(
-                f"{type(self).__name__}: batch size {y.shape[0]} does not match the paired "
-                f"downsampling call ({state.origin.shape[0]})."
-            )
-        return state
+def _check_origin(origin: Tensor, y: Tensor, layer: str) -> Tensor:
+    if origin.dim() != 2 or origin.shape != (y.shape[0], 2):
+        raise ValueError(f"{layer}: origin must have shape ({y.shape[0]}, 2) for a batch of {y.shape[0]}, "
+                         f"got {tuple(origin.shape)}. Pass the origin returned by the downsampling call.")
+    return origin
 
 
 def aps_upsample(y: Tensor, origin: Tensor, stride: int | tuple[int, int]) -> Tensor:
@@ -79,92 +63,100 @@ def aps_upsample(y: Tensor, origin: Tensor, stride: int | tuple[int, int]) -> Te
     return unshift(out, origin)
 
 
-class APSUpsample2d(_Paired, nn.Module):
-    """Adaptive polyphase upsampling: zero insertion at the paired layer's phase.
+class APSUpsample2d(nn.Module):
+    """Adaptive polyphase upsampling: zero insertion at the downsampling layer's phase.
 
     Args:
-        stride: upsampling factor (the paired layer's stride).
-        paired: the APS/MASS downsampling layer whose phases to restore.
+        stride: upsampling factor (the downsampling layer's stride).
         antialias: optional stride-1 filter applied after zero insertion (the
             interpolation filter of Chaman & Dokmanic; a binomial blur scaled by ``s^2``
             is the usual choice).
 
     Shape:
-        - Input: :math:`(B, C, h, w)`.
+        - Input: :math:`(B, C, h, w)` and the origin :math:`(B, 2)`.
         - Output: :math:`(B, C, h s, w s)`.
     """
 
-    def __init__(self, stride: int | tuple[int, int], paired: EquivariantDownsample | None = None,
-                 antialias: nn.Module | None = None) -> None:
+    def __init__(self, stride: int | tuple[int, int], antialias: nn.Module | None = None) -> None:
         super().__init__()
         self.stride = as_pair(stride)
         self.antialias = antialias
-        self._pair_with(paired)
 
-    def forward(self, y: Tensor) -> Tensor:
-        state = self._state(y, self.stride)
-        out = aps_upsample(y, state.origin, self.stride)
+    def forward(self, y: Tensor, origin: Tensor | None = None) -> Tensor:
+        origin = _zero_origin(y) if origin is None else _check_origin(origin, y, type(self).__name__)
+        out = aps_upsample(y, origin, self.stride)
         return out if self.antialias is None else self.antialias(out)
 
 
-class MASSMaxUnpool2d(_Paired, nn.MaxUnpool2d):
-    """Max-unpooling with the stored indices and origins of its paired max-pool.
+def max_unpool2d_at(y: Tensor, indices: Tensor, stride: int | tuple[int, int], origin: Tensor | None = None) -> Tensor:
+    """``F.max_unpool2d`` into the shifted frame of a MASS max-pool, then undo the shift.
 
-    The values go back to their argmax positions in the shifted frame, then the map is
-    rolled by ``+origin``, so ``unpool(pool(x))`` is in the frame of ``x``.
-
-    Args:
-        paired: the :class:`~mass_lightning.layers.MASSMaxPool2d` (or circular
-            max-pool) whose indices and origins are used.
+    ``indices`` address the ``(h s) x (w s)`` input of the pool after its shift (what
+    :class:`~mass_lightning.layers.MASSMaxPool2d` returns); ``origin`` is the pool's origin.
 
     Shape:
-        - Input: :math:`(B, C, h, w)`.
-        - Output: :math:`(B, C, H, W)`, the paired pool's input size.
+        - Input: :math:`(B, C, h, w)`, indices of the same shape, origin :math:`(B, 2)`.
+        - Output: :math:`(B, C, h s_y, w s_x)`.
+    """
+    sy, sx = as_pair(stride)
+    size = (y.shape[-2] * sy, y.shape[-1] * sx)
+    out = F.max_unpool2d(y, indices, kernel_size=(sy, sx), stride=(sy, sx), output_size=size)
+    return out if origin is None else unshift(out, origin)
+
+
+class MASSMaxUnpool2d(nn.MaxUnpool2d):
+    """Max-unpooling with the indices and the origin of a MASS max-pool call.
+
+    The values go back to their argmax positions in the shifted frame, then the map is
+    rolled by ``+origin``, so ``unpool(*pool(x, return_origin=True))`` is in the frame of ``x``.
+
+    Args:
+        kernel_size: the max-pool's stride (the unpooled map is ``stride`` times larger).
+        stride: defaults to ``kernel_size``.
+
+    Shape:
+        - Input: :math:`(B, C, h, w)`, indices of the same shape, origin :math:`(B, 2)`.
+        - Output: :math:`(B, C, h s, w s)`.
 
     Example:
-        >>> pool = MASSMaxPool2d(2); unpool = MASSMaxUnpool2d(pool)
-        >>> unpool(pool(torch.randn(1, 3, 8, 8))).shape
+        >>> pool, unpool = MASSMaxPool2d(2, return_indices=True), MASSMaxUnpool2d(2)
+        >>> (y, indices), origin = pool(torch.randn(1, 3, 8, 8), return_origin=True)
+        >>> unpool(y, indices, origin).shape
         torch.Size([1, 3, 8, 8])
     """
 
-    def __init__(self, paired: CircularMaxPool2d) -> None:
-        if not isinstance(paired, CircularMaxPool2d):
-            raise TypeError(f"MASSMaxUnpool2d pairs with a circular/MASS max-pool, got {type(paired).__name__}.")
-        super().__init__(paired.kernel_size, paired.stride, paired.padding)
-        self._pair_with(paired)
+    def __init__(self, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None) -> None:
+        super().__init__(kernel_size, stride if stride is not None else kernel_size, 0)
 
-    def forward(self, y: Tensor, indices: Tensor | None = None) -> Tensor:  # type: ignore[override]
-        stride = as_pair(self.stride)
-        state = self._state(y, stride)
-        if state.indices is None:
-            raise RuntimeError("MASSMaxUnpool2d: the paired max-pool stored no indices.")
-        out = F.max_unpool2d(y, state.indices, kernel_size=stride, stride=stride, output_size=state.input_size)
-        return unshift(out, state.origin)
+    def forward(self, y: Tensor, indices: Tensor, origin: Tensor | None = None,  # type: ignore[override]
+                output_size: list[int] | None = None) -> Tensor:
+        if origin is not None:
+            _check_origin(origin, y, type(self).__name__)
+        return max_unpool2d_at(y, indices, self.stride, origin)
 
 
-class MASSUpsample(_Paired, nn.Module):
-    """Circular nearest/bilinear upsampling that undoes the paired layer's origin.
+class MASSUpsample(nn.Module):
+    """Circular nearest/bilinear upsampling that undoes a downsampling layer's origin.
 
     Args:
         scale_factor: integer upsampling factor.
         mode: ``"nearest"`` or ``"bilinear"`` (``align_corners=False``, wrap-around borders).
-        paired: the downsampling layer to undo; ``None`` for plain circular upsampling.
 
     Shape:
-        - Input: :math:`(B, C, h, w)`.
+        - Input: :math:`(B, C, h, w)` and optionally the origin :math:`(B, 2)` (in pixels of
+          the output, that is of the downsampling layer's input).
         - Output: :math:`(B, C, h s, w s)`.
     """
 
-    def __init__(self, scale_factor: int | tuple[int, int], mode: Literal["nearest", "bilinear"] = "bilinear",
-                 paired: EquivariantDownsample | None = None) -> None:
+    def __init__(self, scale_factor: int | tuple[int, int],
+                 mode: Literal["nearest", "bilinear"] = "bilinear") -> None:
         super().__init__()
         self.scale_factor = as_pair(scale_factor, "scale_factor")
         self.mode = mode
-        self._pair_with(paired)
 
-    def forward(self, y: Tensor) -> Tensor:
-        state = self._state(y, self.scale_factor)
-        return unshift(circular_interpolate(y, self.scale_factor, self.mode), state.origin)
+    def forward(self, y: Tensor, origin: Tensor | None = None) -> Tensor:
+        up = circular_interpolate(y, self.scale_factor, self.mode)
+        return up if origin is None else unshift(up, _check_origin(origin, y, type(self).__name__))
 
     def extra_repr(self) -> str:
         return f"scale_factor={self.scale_factor}, mode={self.mode!r}"
@@ -175,50 +167,46 @@ def circular_conv_transpose2d(y: Tensor, weight: Tensor, bias: Tensor | None, st
     """Transposed convolution on the torus: output size exactly ``(h * sy, w * sx)``.
 
     Contributions that a zero-padded transposed conv would crop at the borders wrap
-    around instead: ``out[(i * s - p + k * d) mod H] += y[i] * w[k]``.
+    around instead: ``out[(i * s - p + k * d) mod H] += y[i] * w[k]``. Computed as one
+    transposed conv of a circularly padded input, cropped, so every output pixel sums its
+    contributions in the same order (bit-identical under circular shifts).
 
     Shape:
         - Input: :math:`(B, C_{in}, h, w)`.
         - Output: :math:`(B, C_{out}, h s_y, w s_x)`.
     """
-    full = F.conv_transpose2d(y, weight, None, stride, 0, 0, groups, dilation)
-    height, width = y.shape[-2] * stride[0], y.shape[-1] * stride[1]
-    out = _fold(_fold(full, height, dim=2), width, dim=3)
-    if any(padding):
-        out = torch.roll(out, shifts=(-padding[0], -padding[1]), dims=(2, 3))
+    height, width = y.shape[-2], y.shape[-1]
+    reach = [dilation[i] * (weight.shape[2 + i] - 1) for i in range(2)]
+    extra = [-(-(reach[i] + padding[i] + 1) // stride[i]) for i in range(2)]
+    padded = circular_pad(y, (extra[1], extra[1], extra[0], extra[0]))
+    full = F.conv_transpose2d(padded, weight, None, stride, 0, 0, groups, dilation)
+    top, left = padding[0] + extra[0] * stride[0], padding[1] + extra[1] * stride[1]
+    out = full[..., top : top + height * stride[0], left : left + width * stride[1]]
     return out if bias is None else out + bias.view(1, -1, 1, 1)
 
 
-def _fold(x: Tensor, size: int, dim: int) -> Tensor:
-    """Wrap-add ``x`` along ``dim`` onto ``size`` entries (index ``i`` goes to ``i mod size``)."""
-    length = x.shape[dim]
-    chunks = -(-length // size)
-    if chunks * size != length:
-        pad = [0, 0] * (x.dim() - 1 - dim) + [0, chunks * size - length]
-        x = F.pad(x, pad)
-    shape = list(x.shape)
-    shape[dim : dim + 1] = [chunks, size]
-    return x.reshape(shape).sum(dim=dim)
-
-
-class MASSConvTranspose2d(_Paired, nn.ConvTranspose2d):
-    """Circular transposed convolution that undoes the paired layer's origin.
+class MASSConvTranspose2d(nn.ConvTranspose2d):
+    """Circular transposed convolution that undoes a downsampling layer's origin.
 
     Same parameters as :class:`torch.nn.ConvTranspose2d` (state dicts load unchanged);
     ``output_padding`` is ignored because the output size is always ``h * s``.
 
     Shape:
-        - Input: :math:`(B, C_{in}, h, w)`.
+        - Input: :math:`(B, C_{in}, h, w)` and optionally the origin :math:`(B, 2)`.
         - Output: :math:`(B, C_{out}, h s, w s)`.
     """
 
-    def __init__(self, *args, paired: EquivariantDownsample | None = None, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._pair_with(paired)
+    @classmethod
+    def from_module(cls, conv: nn.ConvTranspose2d) -> MASSConvTranspose2d:
+        """Same parameters (shared) and hyper-parameters as ``conv``."""
+        new = cls.__new__(cls)
+        new.__dict__.update(conv.__dict__)
+        new.__dict__["_source_class"] = type(conv)
+        return new
 
-    def forward(self, y: Tensor, output_size: list[int] | None = None) -> Tensor:  # type: ignore[override]
+    def forward(self, y: Tensor, origin: Tensor | None = None,  # type: ignore[override]
+                output_size: list[int] | None = None) -> Tensor:
         stride = as_pair(self.stride)
-        state = self._state(y, stride)
         out = circular_conv_transpose2d(y, self.weight, self.bias, stride, as_pair(self.padding, "padding", 0),
                                         as_pair(self.dilation, "dilation"), self.groups)
-        return unshift(out, state.origin)
+        return out if origin is None else unshift(out, _check_origin(origin, y, type(self).__name__))

@@ -21,7 +21,6 @@ from mass_lightning.layers import (
     MASSConv2d,
     MASSDownsample,
     MASSMaxPool2d,
-    OriginScope,
     mass_downsample,
 )
 
@@ -57,9 +56,9 @@ def check_equivariant(layer: nn.Module, x: torch.Tensor, shifts, exact: bool = T
     shifts = torch.tensor([(0, 0)] + list(shifts)).view(-1, 2)
     batch = x.shape[0]
     shifted = torch.cat([roll(x, d.tolist()) for d in shifts])
-    out = layer(shifted)
+    out, origins = layer(shifted, return_origin=True)
     y2 = out.view(len(shifts), batch, *out.shape[1:])
-    origin2 = layer.last_origin.view(len(shifts), batch, 2)
+    origin2 = origins.view(len(shifts), batch, 2)
     y, origin = y2[0], origin2[0]
     for i, d in enumerate(shifts):
         k = torch.div(d + origin - origin2[i], stride, rounding_mode="floor")
@@ -109,8 +108,8 @@ def test_mass_equals_original_op_on_shifted_input(kind):
     torch.manual_seed(3)
     mass = make(kind, "mass", 2, None)
     x = torch.randn(1, 3, 8, 8)
-    y = mass(x)
-    origin = mass.last_origin[0]
+    y, origins = mass(x, return_origin=True)
+    origin = origins[0]
     plain = make(kind, "fixed", 2, None)
     plain.load_state_dict(mass.state_dict())
     torch.testing.assert_close(y, plain(roll(x, (-origin).tolist())))
@@ -163,18 +162,30 @@ def test_errors_are_clear():
         MASSMaxPool2d(2)(torch.randn(1, 1, 6, 5))
 
 
-def test_scope_shares_origin_between_branches():
+def test_origin_is_shared_by_passing_it():
+    """The shortcut of a residual block takes the main branch's origin as an argument."""
     torch.manual_seed(8)
     main, shortcut = MASSConv2d(3, 4, 3, stride=2, padding=1), MASSConv2d(3, 4, 1, stride=2)
-    scope = OriginScope()
-    main.scope = shortcut.scope = scope
-    x = torch.randn(4, 3, 8, 8)
-    scope.reset()
-    main(x)
-    shortcut(torch.randn(4, 3, 8, 8))  # would choose differently on its own
-    assert torch.equal(main.last_origin, shortcut.last_origin)
-    scope.reset()
-    assert scope.origin is None
+    x, other = torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8)
+    _, origin = main(x, return_origin=True)
+    _, used = shortcut(other, origin=origin, return_origin=True)
+    assert torch.equal(used, origin)
+    assert not torch.equal(shortcut(other, return_origin=True)[1], origin)  # would choose differently alone
+    with pytest.raises(ValueError, match=r"origin must have shape \(4, 2\)"):
+        shortcut(other, origin=origin[:2])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_non_finite_input_names_the_layer(kind):
+    layer = make(kind, "mass", 2, None)
+    layer.name = "layer2.0.conv1"
+    x = torch.randn(3, 3, 8, 8)
+    x[1, 0, 2, 5] = float("nan")
+    with pytest.raises(ValueError, match=r"layer2.0.conv1: the input of sample\(s\) \[1\] holds NaN or Inf"):
+        layer(x)
+    x[1, 0, 2, 5] = float("inf")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        layer(x)
 
 
 def test_generic_wrapper_and_functional():
@@ -184,7 +195,7 @@ def test_generic_wrapper_and_functional():
     x = torch.randn(2, 3, 8, 8)
     y, origin = mass_downsample(x, pool, 2)
     torch.testing.assert_close(wrapped(x), y)
-    assert torch.equal(wrapped.last_origin, origin)
+    assert torch.equal(wrapped(x, return_origin=True)[1], origin)
     check_equivariant(wrapped, x, itertools.product(range(8), range(8)))
     conv = nn.Conv2d(3, 4, 2, stride=2)
     state = MASSDownsample(conv, 2).state_dict()
