@@ -48,11 +48,12 @@ from ..layers.downsample import (
     equivariant_subsample,
 )
 from ..layers.exact import ExactGlobalAvgPool2d, ExactGroupNorm, ExactInstanceNorm2d, exact_group_norm, exact_mean, exact_sum
+from ..layers import pointwise as position_free
 from ..layers.generic import MASSDownsample
 from ..layers.polyphase import as_pair
-from ..layers.upsample import MASSConvTranspose2d, max_unpool2d_at
+from ..layers.upsample import MASSConvTranspose2d, circular_conv_transpose2d, max_unpool2d_at
 from .ops import broadcast_upsample, circular_resize, circular_upsample
-from .rewrite import COPY, Action, Alias, Call, Downsample, Plan, Upsample
+from .rewrite import COPY, Action, Alias, Attr, Call, Downsample, Plan, Upsample
 from .spatial import Broken, Invariant, PoolIndices, Spatial, Term, map_reshape
 from .tracing import module_path, op_name, timm_types
 
@@ -124,6 +125,30 @@ _MAX_POOL_FUNCTIONS = {F.max_pool2d, torch.max_pool2d}
 _AVG_POOL_FUNCTIONS = {F.avg_pool2d, torch._C._nn.avg_pool2d}
 _CONSTANT_METHODS = {"size", "dim", "numel", "nelement", "ndimension", "__len__", "is_contiguous", "element_size",
                      "stride", "data_ptr", "get_device", "is_floating_point", "tolist", "item"}
+
+# Ops whose CPU kernels round differently at some positions (see layers/pointwise.py), with
+# the names of their parameters in call order.
+_POSITION_FREE_FUNCTIONS: dict[Any, tuple[Callable[..., Tensor], tuple[str, ...]]] = {
+    torch.sigmoid: (position_free.sigmoid, ()),
+    F.sigmoid: (position_free.sigmoid, ()),
+    "sigmoid": (position_free.sigmoid, ()),
+    F.silu: (position_free.silu, ("inplace",)),
+    F.softplus: (position_free.softplus, ("beta", "threshold")),
+    F.mish: (position_free.mish, ("inplace",)),
+    F.elu: (position_free.elu, ("alpha", "inplace")),
+    F.selu: (position_free.selu, ("inplace",)),
+    F.celu: (position_free.celu, ("alpha", "inplace")),
+}
+_POSITION_FREE_INPLACE_METHODS = {"sigmoid_": position_free.sigmoid}
+_POSITION_FREE_MODULES: dict[type, tuple[Callable[..., Tensor], tuple[str, ...]]] = {
+    nn.Sigmoid: (position_free.sigmoid, ()),
+    nn.SiLU: (position_free.silu, ("inplace",)),
+    nn.Softplus: (position_free.softplus, ("beta", "threshold")),
+    nn.Mish: (position_free.mish, ("inplace",)),
+    nn.ELU: (position_free.elu, ("alpha", "inplace")),
+    nn.SELU: (position_free.selu, ("inplace",)),
+    nn.CELU: (position_free.celu, ("alpha", "inplace")),
+}
 
 _POINTWISE_MODULES: tuple[type, ...] = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish,
@@ -299,12 +324,18 @@ class Analysis:
             return self.pad(node, x, tuple(module.padding))
         if isinstance(module, nn.PReLU) and isinstance(x, Spatial) and module.num_parameters > 1 and 1 in x.axes():
             self.refuse(node, "applies per-channel PReLU weights along a spatial axis.")
+        if type(module) in _POSITION_FREE_MODULES or (isinstance(module, nn.GELU) and module.approximate == "tanh"):
+            return self.position_free_module(node, module)
         if isinstance(module, (*_POINTWISE_MODULES, nn.PReLU)):
             return self.pointwise(node)
         if isinstance(module, (nn.Softmax, nn.LogSoftmax, nn.Softmin, nn.GLU)):
             return self.along_dim(node, x, module.dim)
         if isinstance(module, nn.Linear):
-            return self.linear(node, x)
+            result = self.linear(node, x)
+            if isinstance(result, Spatial) and type(module).forward is nn.Linear.forward:
+                bias = Attr(f"{path}.bias") if module.bias is not None else None
+                self.plan.actions[node] = Call(position_free.linear, (node.args[0], Attr(f"{path}.weight"), bias))
+            return result
         if isinstance(module, nn.Flatten):
             return self.reshape(node, x)
         if isinstance(module, nn.Unflatten):
@@ -526,6 +557,8 @@ class Analysis:
     def spatial_norm_module(self, node: fx.Node, module: nn.Module, x: Any, path: str) -> Any:
         if isinstance(x, Spatial):
             replacement = _NORM_REPLACEMENTS[next(t for t in _NORM_REPLACEMENTS if isinstance(module, t))]
+            if type(module).forward not in (nn.GroupNorm.forward, nn.InstanceNorm2d.forward):
+                self.refuse(node, f"is a {type(module).__name__} with a forward of its own.")
             if not (isinstance(module, nn.InstanceNorm2d) and module.track_running_stats):
                 self.replace_module(path, replacement(module))
             return x
@@ -643,6 +676,10 @@ class Analysis:
             return self.invariant_function(node)
         if target is operator.getitem:
             return self.getitem(node)
+        if target in _POSITION_FREE_FUNCTIONS and (target != "sigmoid" or method) or \
+                (method and target in _POSITION_FREE_INPLACE_METHODS) or (target is F.gelu and
+                                                                         self._arg(node, 1, "approximate") == "tanh"):
+            return self.position_free_function(node)
         if target in _POINTWISE_FUNCTIONS or (method and target in _POINTWISE_METHODS) or _is_stochastic_depth(target):
             return self.pointwise(node)
         if target in _SHAPE_FUNCTIONS or (method and target in _SHAPE_METHODS) or target is getattr:
@@ -674,6 +711,8 @@ class Analysis:
             return self.pixel_shuffle(node, x, factor, Call(target, tuple(node.args), dict(node.kwargs)))
         if target in (F.pixel_unshuffle, torch.pixel_unshuffle):
             self.refuse(node, "is a functional pixel_unshuffle; use nn.PixelUnshuffle so it can be wrapped.")
+        if target is F.conv_transpose2d:
+            return self.functional_conv_transpose(node)
         if target is F.max_unpool2d:
             return self.max_unpool(node, node.args[0], node.args[1], as_pair(self.value(self._arg(node, 2,
                                                                                                 "kernel_size"))))
@@ -687,7 +726,11 @@ class Analysis:
         if target in (F.batch_norm, F.prelu):
             return self.channel_affine(node, self.info(node.args[0]))
         if target in (F.linear,):
-            return self.linear(node, self.info(node.args[0]))
+            result = self.linear(node, self.info(node.args[0]))
+            if isinstance(result, Spatial):
+                self.plan.actions[node] = Call(position_free.linear, (node.args[0], self._arg(node, 1, "weight"),
+                                                                     self._arg(node, 2, "bias")))
+            return result
         if target in (torch.matmul, operator.matmul, torch.bmm, torch.einsum) or (method and target in
                                                                                     ("matmul", "bmm", "__matmul__")):
             return self.matmul(node)
@@ -831,7 +874,44 @@ class Analysis:
         ndim = self.values[node.args[0]].dim()
         if dim is None or (dim % ndim) in x.axes():
             self.refuse(node, "normalises or accumulates along a spatial axis.")
+        target = node.target
+        module = self.modules.get(str(target)) if node.op == "call_module" else None
+        softmax = target in (F.softmax, torch.softmax, "softmax") or isinstance(module, nn.Softmax)
+        log_softmax = target in (F.log_softmax, torch.log_softmax, "log_softmax") or isinstance(module, nn.LogSoftmax)
+        if softmax or log_softmax:
+            fn = position_free.softmax if softmax else position_free.log_softmax
+            self.plan.actions[node] = Call(fn, (node.args[0], dim % ndim))
+        elif target in (torch.cumsum, torch.cumprod, "cumsum", "cumprod"):
+            self.refuse(node, "accumulates along channels with a kernel that rounds differently by position.")
         return x
+
+    def position_free_module(self, node: fx.Node, module: nn.Module) -> Any:
+        """An activation module whose kernel rounds by position: the position-free function."""
+        result = self.pointwise(node)
+        if isinstance(result, Spatial):
+            if isinstance(module, nn.GELU):
+                self.plan.actions[node] = Call(position_free.gelu_tanh, (node.args[0],))
+            else:
+                fn, names = _POSITION_FREE_MODULES[type(module)]
+                self.plan.actions[node] = Call(fn, (node.args[0],), {n: getattr(module, n) for n in names})
+        return result
+
+    def position_free_function(self, node: fx.Node) -> Any:
+        """A functional activation whose kernel rounds by position: the position-free function."""
+        result = self.pointwise(node)
+        if not isinstance(result, Spatial):
+            return result
+        target = node.target
+        if target is F.gelu:
+            self.plan.actions[node] = Call(position_free.gelu_tanh, (node.args[0],))
+        elif node.op == "call_method" and target in _POSITION_FREE_INPLACE_METHODS:
+            self.plan.actions[node] = Call(_POSITION_FREE_INPLACE_METHODS[target], (node.args[0],), {"inplace": True})
+        else:
+            fn, names = _POSITION_FREE_FUNCTIONS[target]
+            kwargs = {name: self.value(self._arg(node, i + 1, name)) for i, name in enumerate(names)
+                      if self._arg(node, i + 1, name) is not None}
+            self.plan.actions[node] = Call(fn, (node.args[0],), kwargs)
+        return result
 
     def channel_affine(self, node: fx.Node, x: Any) -> Any:
         """Ops whose parameters broadcast along axis 1 (batch norm, PReLU)."""
@@ -999,6 +1079,10 @@ class Analysis:
         keepdim = bool(self._arg(node, 2, "keepdim", False))
         if not set(axes) & set(x.axes()):
             result = self.reduced(x, axes, keepdim)
+            name = _REDUCE_SUM.get(target)
+            if name is not None:
+                fn = position_free.position_free_mean if name == "mean" else position_free.position_free_sum
+                self.plan.actions[node] = Call(fn, (node.args[0], tuple(axes)), {"keepdim": keepdim})
             return (result, result) if isinstance(self.values[node], tuple) else result
         name = _REDUCE_SUM.get(target)
         if name is not None:
@@ -1084,6 +1168,22 @@ class Analysis:
             call = Call(equivariant_avg_pool2d, (source, kernel, stride, lead),
                         {"divisor_override": divisor, "sampling": sampling, "name": name})
         return self.downsampled(node, x, stride, call, "function")
+
+    def functional_conv_transpose(self, node: fx.Node) -> Any:
+        x = self.info(node.args[0])
+        if not isinstance(x, Spatial):
+            return self.non_spatial_op(node, x)
+        stride = as_pair(self.value(self._arg(node, 3, "stride", 1)))
+        padding = as_pair(self.value(self._arg(node, 4, "padding", 0)), "padding", 0)
+        groups = self.value(self._arg(node, 6, "groups", 1))
+        dilation = as_pair(self.value(self._arg(node, 7, "dilation", 1)), "dilation")
+        out = _shape(self.values[node])
+        if tuple(out[-2:]) != (x.size[0] * stride[0], x.size[1] * stride[1]):
+            self.refuse(node, f"maps {x.size[0]}x{x.size[1]} to {out[-2]}x{out[-1]} instead of "
+                              f"{x.size[0] * stride[0]}x{x.size[1] * stride[1]}, which no circular op computes.")
+        call = Call(circular_conv_transpose2d, (node.args[0], self._arg(node, 1, "weight"), self._arg(node, 2, "bias"),
+                                                stride, padding, dilation, groups))
+        return self.upsampled(node, x, stride, call)
 
     def functional_group_norm(self, node: fx.Node) -> Any:
         x = self.info(node.args[0])

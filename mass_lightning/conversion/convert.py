@@ -27,7 +27,7 @@ __all__ = ["METHODS", "Antialias", "convert", "parse_antialias"]
 Method = Literal["baseline", "mass", "aps"]
 METHODS: tuple[str, ...] = ("baseline", "mass", "aps")
 _ANTIALIAS = re.compile(r"^(lpf|ddac)([1-7])$")
-_PROBE_SIZES: tuple[tuple[int, int], ...] = ((64, 96), (128, 192), (224, 224), (256, 384))
+_PROBE_SIZES: tuple[tuple[int, int], ...] = ((96, 160), (128, 192), (224, 224), (256, 384))
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,14 @@ from torch import fx
 from .ops import phase_shift, shift_to_frame
 from .spatial import Term, UnionFind
 
-__all__ = ["Action", "Alias", "Call", "Copy", "Downsample", "Plan", "Upsample", "rewrite"]
+__all__ = ["Action", "Alias", "Attr", "Call", "Copy", "Downsample", "Plan", "Upsample", "rewrite"]
+
+
+@dataclass(frozen=True)
+class Attr:
+    """A parameter or buffer of the model, by path, as an argument of a :class:`Call`."""
+
+    path: str
 
 
 @dataclass
@@ -139,6 +146,14 @@ class Rewriter:
         return self.env[node]
 
     def map(self, value: Any) -> Any:
+        if isinstance(value, Attr):
+            return self.graph.get_attr(value.path)
+        if isinstance(value, tuple) and not hasattr(value, "_fields"):
+            return tuple(self.map(v) for v in value)
+        if isinstance(value, list):
+            return [self.map(v) for v in value]
+        if isinstance(value, dict):
+            return {k: self.map(v) for k, v in value.items()}
         return fx.map_arg(value, self.lookup)
 
     def named(self, new: Any, old: fx.Node) -> Any:

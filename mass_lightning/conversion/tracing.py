@@ -33,13 +33,25 @@ def _timm_loaded(model: nn.Module) -> bool:
     return any(type(m).__module__.startswith("timm.") for m in model.modules())
 
 
+_TIMM_MODULES = ("timm.layers", "timm.layers.pool2d_same", "timm.layers.conv2d_same", "timm.layers.space_to_depth",
+                 "timm.layers.std_conv")
+
+
 def timm_types(*names: str) -> tuple[type, ...]:
     """timm layer classes by name (empty if timm is not installed)."""
-    try:
-        import timm.layers as layers
-    except ImportError:  # pragma: no cover - timm comes with segmentation-models-pytorch
-        return ()
-    return tuple(getattr(layers, name) for name in names if hasattr(layers, name))
+    import importlib
+
+    found: list[type] = []
+    for name in names:
+        for module_name in _TIMM_MODULES:
+            try:
+                module = importlib.import_module(module_name)
+            except ImportError:  # pragma: no cover - timm comes with segmentation-models-pytorch
+                return ()
+            if hasattr(module, name):
+                found.append(getattr(module, name))
+                break
+    return tuple(found)
 
 
 def leaf_types() -> tuple[type, ...]:
@@ -70,6 +82,13 @@ def _autowrap_functions(model: nn.Module) -> tuple[Callable[..., Any], ...]:
     return tuple(get_notrace_functions())
 
 
+_REPLACED_BASES = (nn.MaxPool2d, nn.AvgPool2d, nn.ConvTranspose2d, nn.GroupNorm, nn.InstanceNorm2d)
+
+
+def _ours() -> tuple[type, ...]:
+    return (ExactGlobalAvgPool2d, ExactGroupNorm, ExactInstanceNorm2d)
+
+
 class _Tracer(fx.Tracer):
     def __init__(self, leaves: tuple[type, ...], autowrap: tuple[Callable[..., Any], ...]) -> None:
         super().__init__(autowrap_modules=(math,), autowrap_functions=autowrap)
@@ -77,6 +96,11 @@ class _Tracer(fx.Tracer):
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if isinstance(m, self.leaves):
+            # A subclass with a forward of its own (timm's GroupNormAct) is traced through, so
+            # that what it adds is analysed; convs keep theirs (checked against the original).
+            for base in _REPLACED_BASES:
+                if isinstance(m, base) and not isinstance(m, (EquivariantDownsample, *_ours())):
+                    return type(m).forward is base.forward or isinstance(m, timm_types("MaxPool2dSame", "AvgPool2dSame"))
             return True
         return super().is_leaf_module(m, module_qualified_name)
 

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .exact import exact_global_avg_pool2d
+from .pointwise import position_free_sum, softmax
 
 __all__ = ["DDAC", "ddac2d"]
 
@@ -58,8 +59,9 @@ def _apply_group_filters(columns: Tensor, filters: Tensor) -> Tensor:
     n, c, taps, h, w = columns.shape
     groups = filters.shape[1]
     grouped = columns.reshape(n, groups, c // groups, taps, h, w)
-    # Elementwise product, then a sum over the taps: the same arithmetic at every pixel.
-    out = (grouped * filters.unsqueeze(2)).sum(dim=3)
+    # Elementwise product, then the taps added one by one: the same arithmetic at every pixel
+    # (a vectorised sum over the taps rounds differently at some positions).
+    out = position_free_sum(grouped * filters.unsqueeze(2), 3)
     return out.reshape(n, c, h, w)
 
 
@@ -258,15 +260,15 @@ class DDAC(nn.Module):
         padded = F.pad(x, (pad, pad, pad, pad), mode="circular") if pad else x
         logits = self.bn(self.conv(padded))
         if self.joint_softmax:
-            return logits.softmax(dim=1).reshape(n, self.group, -1, h, w)
-        return logits.reshape(n, self.group, -1, h, w).softmax(dim=2)
+            return softmax(logits, 1).reshape(n, self.group, -1, h, w)
+        return softmax(logits.reshape(n, self.group, -1, h, w), 2)
 
     def channel_filters(self, x: Tensor) -> Tensor | None:
         """Per-group filters ``(N, channel_groups, k*k)`` of the channel branch, or ``None``."""
         if self.channel_conv is None or self.channel_bn is None:
             return None
         logits = self.channel_bn(self.channel_conv(exact_global_avg_pool2d(x)))
-        return logits.reshape(x.shape[0], self.channel_groups, -1).softmax(dim=2)
+        return softmax(logits.reshape(x.shape[0], self.channel_groups, -1), 2)
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)

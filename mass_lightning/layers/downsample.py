@@ -46,7 +46,6 @@ of such a sample is made NaN instead, so a non-finite input never gives a finite
 
 from __future__ import annotations
 
-import copy
 import weakref
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
@@ -141,6 +140,7 @@ def sample(
     name: str = "downsampling layer",
     memory_format: torch.memory_format | None = None,
     prefilter: Callable[[Tensor], Tensor] | None = None,
+    keep_order: bool = False,
 ) -> tuple[Any, Tensor]:
     """Run a downsampling op with the given sampling; the core of every layer here.
 
@@ -161,6 +161,7 @@ def sample(
             (a linear blur before a linear op): applied to the input of the fixed and MASS
             samplings after the origin was chosen from the unfiltered input. APS ignores it
             (``dense`` filters its own output).
+        keep_order: run the op on the samples in input order (see :func:`_on_shifted`).
 
     Returns:
         ``(output of strided, origin)``; the origin is zeros for ``"fixed"``.
@@ -186,7 +187,7 @@ def sample(
         if origin is None:
             origin, poison = _choose(x, stride, name)
         source = x if prefilter is None else prefilter(x)
-        y = _on_shifted(strided, source, origin, pad, memory_format)
+        y = _on_shifted(strided, source, origin, pad, memory_format, keep_order)
     if poison is not None:
         y = tuple(v + poison if v.is_floating_point() else v for v in y) if isinstance(y, tuple) else y + poison
     return y, origin
@@ -208,6 +209,7 @@ def _on_shifted(
     origin: Tensor | None,
     pad: tuple[int, int, int, int],
     memory_format: torch.memory_format | None = None,
+    keep_order: bool = False,
 ) -> Any:
     """``op(shift_and_pad(x, origin, pad))`` for a per-sample ``op`` (a tensor or a tuple out).
 
@@ -215,9 +217,21 @@ def _on_shifted(
     ordered by origin; ``op`` runs once on that batch and only its output is put back into
     the input order, which is cheaper than restoring the (larger) padded input. For
     backward, ``op`` keeps ``x`` instead of the padded copy (see :func:`_saving_unpadded`).
+
+    ``keep_order`` runs ``op`` on the samples in their input order instead: for ops whose
+    rounding depends on a sample's position in the batch (matrix products on pooled
+    vectors, as in DDAC's channel branch), so that a sample gets the same bits whatever
+    the origins of the others.
     """
     if origin is None and not any(pad) and memory_format is None:
         return op(x)
+    if keep_order:
+        def windows() -> Tensor:
+            padded, restore = _sorted_pad_windows(x, origin, pad, memory_format)
+            return padded if restore is None else padded.index_select(0, restore)
+
+        padded = windows()
+        return _saving_unpadded(op, padded, x, windows) if _can_swap_saved(x) else op(padded)
     padded, restore = _sorted_pad_windows(x, origin, pad, memory_format)
     if _can_swap_saved(x):
         out = _saving_unpadded(op, padded, x, lambda: _sorted_pad_windows(x, origin, pad, memory_format)[0])
@@ -390,7 +404,7 @@ def equivariant_max_pool2d(
     # Channels-last on CPU: the same maxima, an order of magnitude faster kernel; output NCHW.
     fmt = torch.channels_last if _prefer_nhwc(x) else None
     out, origin = sample(strided, dense, x, stride, pad, sampling=sampling, origin=origin, name=name,
-                         memory_format=fmt)
+                         memory_format=fmt, keep_order=antialias is not None and not isinstance(antialias, Blur2d))
     if return_indices:
         values, flat = out
         padded_width = x.shape[-1] + pad[0] + pad[1]
@@ -428,7 +442,7 @@ def equivariant_avg_pool2d(
     pad = _pool_pad(kernel_size, 1, padding)
     strided, dense, prefilter = _avg_pool_ops(kernel_size, stride, divisor_override, antialias)
     y, origin = sample(strided, dense, x, stride, pad, sampling=sampling, origin=origin, name=name,
-                       prefilter=prefilter)
+                       prefilter=prefilter, keep_order=antialias is not None and not isinstance(antialias, Blur2d))
     return _with_origin(y, origin, return_origin)
 
 
@@ -554,8 +568,9 @@ class EquivariantDownsample:
         name = self._describe()
         _check_origin(origin, x, name)
         strided, dense, prefilter, fmt = self._ops()
+        keep_order = self.antialias is not None and not isinstance(self.antialias, Blur2d)
         return sample(strided, dense, x, self._stride_pair(), self._pad(), sampling=self.sampling,
-                      origin=origin, name=name, memory_format=fmt, prefilter=prefilter)
+                      origin=origin, name=name, memory_format=fmt, prefilter=prefilter, keep_order=keep_order)
 
 
 def _share_state(new: nn.Module, module: nn.Module) -> None:
@@ -668,15 +683,22 @@ class CircularConv2d(EquivariantDownsample, nn.Conv2d):
         return _with_origin(y, origin, return_origin)
 
 
+def _shallow_copy(module: nn.Module) -> nn.Module:
+    """A new module object with the same attributes (parametrized modules refuse ``copy.copy``)."""
+    new = object.__new__(type(module))
+    new.__dict__.update(module.__dict__)
+    return new
+
+
 def _inner_convs(conv: nn.Conv2d, training: bool) -> tuple[nn.Conv2d, nn.Conv2d]:
     """Two views of ``conv`` (its class and forward, the same parameter dicts) that run on a
     padded copy: at the conv's stride and at stride 1. Not submodules: no state-dict keys."""
-    strided = copy.copy(conv)
+    strided = _shallow_copy(conv)
     strided.__dict__["padding"] = (0, 0)
     strided.__dict__["padding_mode"] = "zeros"
     if getattr(strided, "same_pad", False):  # timm's *Same convs pad at run time
         strided.__dict__["same_pad"] = False
-    dense = copy.copy(strided)
+    dense = _shallow_copy(strided)
     dense.__dict__["stride"] = (1, 1)
     strided.train(training)
     dense.train(training)

@@ -342,11 +342,14 @@ def select_origin_and_finiteness(x: Tensor, stride: int | tuple[int, int]) -> tu
             # torch.cond instead of a Python branch: no graph break. The exact rule then runs
             # on the whole batch, with every statistic for every sample (the lexicographic
             # argmax ignores the tie-breakers of untied samples, so the result is the same).
+            shape = tuple(x.shape)
             index = torch.cond(
                 decided.all(),
                 lambda fast, _: fast.clone(),
-                lambda _, inputs: _exact_index_branch_free(inputs, (sy, sx)),
-                (index, x.detach()),
+                lambda _, flat: _exact_index_branch_free(flat.view(shape), (sy, sx)),
+                # Flattened: a 1-D operand has one layout, whatever layout the compiler chose
+                # for the map (a channels-last map would not match the branch's traced strides).
+                (index, x.detach().reshape(-1)),
             )
         elif not bool(decided.all()):
             rest = (~decided).nonzero().flatten()

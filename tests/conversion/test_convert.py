@@ -1,4 +1,4 @@
-"""convert(): weight transfer, untouched original, shared origins, natural images, errors."""
+"""convert(): weight transfer, untouched original, shared origins, natural images, errors, re-conversion."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ import torchvision
 from PIL import Image
 from torch import nn
 
-from mass_lightning import convert
+from mass_lightning import check_equivariance, convert
+from mass_lightning.conversion import ShiftEquivariantModel
 from mass_lightning.data.paths import data_root
-from mass_lightning.layers import DDAC, EquivariantDownsample, MASSConv2d, MASSMaxPool2d, OriginScope
+from mass_lightning.errors import ConversionError, MassLightningError, ShiftEquivarianceWarning
+from mass_lightning.layers import DDAC, MASSConv2d, MASSMaxPool2d
 
 
 @pytest.fixture(scope="module")
@@ -51,32 +53,38 @@ def test_original_untouched(resnet18):
     assert converted.conv1.weight is not resnet18.conv1.weight
 
 
+def _origin_calls(model: ShiftEquivariantModel) -> dict[str, object]:
+    """For every downsampling call of the eval graph: "choose" or the module that chose its origin."""
+    calls = {}
+    for node in model.conversion.graphs["eval"].nodes:
+        if node.kwargs.get("return_origin"):
+            calls[str(node.target)] = "choose"
+        elif "origin" in node.kwargs and node.op == "call_module":
+            chooser = node.kwargs["origin"].args[0]  # getitem(chooser call, 1)
+            calls[str(node.target)] = str(chooser.target)
+    return calls
+
+
 def test_residual_blocks_share_origin(resnet18):
-    converted = convert(resnet18, method="mass").eval()
+    """The strided main branch chooses from its input; the shortcut gets that origin as a value."""
+    calls = _origin_calls(convert(resnet18, method="mass"))
     for name in ("layer2", "layer3", "layer4"):
-        block = getattr(converted, name)[0]
-        assert isinstance(block.conv1.scope, OriginScope)
-        assert block.conv1.scope is block.downsample[0].scope
-    converted(torch.randn(3, 3, 64, 64))
-    block = converted.layer3[0]
-    assert torch.equal(block.conv1.last_origin, block.downsample[0].last_origin)
-    assert converted.conv1.scope is None  # the stem is not a residual block
+        assert calls[f"{name}.0.conv1"] == "choose"
+        assert calls[f"{name}.0.downsample.0"] == f"{name}.0.conv1"
+    assert calls["conv1"] == "choose" and calls["maxpool"] == "choose"
 
 
 def test_bottleneck_shares_origin():
-    model = convert(torchvision.models.resnet50(), method="mass").eval()
-    block = model.layer2[0]
-    assert block.conv2.scope is block.downsample[0].scope is not None
-    model(torch.randn(2, 3, 64, 64))
-    assert torch.equal(block.conv2.last_origin, block.downsample[0].last_origin)
+    calls = _origin_calls(convert(torchvision.models.resnet50(), method="mass"))
+    assert calls["layer2.0.conv2"] == "choose"
+    assert calls["layer2.0.downsample.0"] == "layer2.0.conv2"
 
 
-def test_strided_layers_found_in_every_torchvision_family():
-    expected = {"densenet121": 5, "mobilenet_v2": 5, "convnext_tiny": 4}
+def test_origin_groups_found_in_every_torchvision_family():
+    expected = {"densenet121": 5, "mobilenet_v2": 5, "convnext_tiny": 4, "regnet_x_400mf": 5, "googlenet": 5}
     for name, count in expected.items():
-        model = convert(torchvision.models.get_model(name), method="mass")
-        strided = [m for m in model.modules() if isinstance(m, EquivariantDownsample) and m._stride_pair() != (1, 1)]
-        assert len(strided) == count, name
+        calls = _origin_calls(convert(torchvision.models.get_model(name), method="mass"))
+        assert sum(1 for v in calls.values() if v == "choose") == count, name
 
 
 def _natural_images(size: tuple[int, int]) -> torch.Tensor:
@@ -115,18 +123,40 @@ def test_zero_padding_is_the_original(resnet18):
 
 def test_bad_arguments():
     model = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1))
-    with pytest.raises(ValueError, match="Unknown method"):
+    with pytest.raises(ValueError, match="unknown method"):
         convert(model, method="blur")
     with pytest.raises(ValueError, match="Unknown antialias"):
         convert(model, antialias="gauss3")
     with pytest.raises(ValueError, match="padding='zeros'"):
         convert(model, method="mass", padding="zeros")
+    with pytest.raises(MassLightningError, match="already converted"):
+        convert(convert(model), method="baseline", padding="zeros")
 
 
-def test_single_layer_and_warnings():
-    assert isinstance(convert(nn.Conv2d(3, 4, 3, stride=2, padding=1)), MASSConv2d)
-    with pytest.warns(UserWarning, match="pads non-circularly"):
-        convert(nn.Sequential(nn.ZeroPad2d(1), nn.Conv2d(3, 3, 3)))
+def test_single_layer_and_folded_padding():
+    conv = convert(nn.Conv2d(3, 4, 3, stride=2, padding=1)).eval()
+    assert isinstance(conv, ShiftEquivariantModel)
+    assert check_equivariance(conv, torch.randn(2, 3, 8, 12)).ok
+    padded = convert(nn.Sequential(nn.ZeroPad2d(1), nn.Conv2d(3, 3, 3, stride=2))).eval()
+    x = torch.randn(1, 3, 8, 8)
+    reference = nn.functional.conv2d(nn.functional.pad(x, (1, 1, 1, 1), mode="circular"), padded[1].weight,
+                                     padded[1].bias)
+    with torch.no_grad():
+        assert check_equivariance(padded, x).ok
+        assert padded(x).shape == (1, 3, 4, 4)
+    del reference
+
+
+def test_refusal_names_module_reason_and_what_to_do():
+    model = torchvision.models.vgg11()
+    with pytest.raises(ConversionError) as caught:
+        convert(model)
+    error = caught.value
+    assert error.path == "avgpool" and "fixed (7, 7) grid" in error.reason and "global pool" in error.hint
+    assert isinstance(error, ValueError)
+    with pytest.warns(ShiftEquivarianceWarning, match="NOT exactly shift-equivariant"):
+        kept = convert(model, strict=False)
+    assert isinstance(kept, ShiftEquivariantModel)
 
 
 def test_global_pool_is_order_independent_so_logits_are_bit_identical():
@@ -135,7 +165,8 @@ def test_global_pool_is_order_independent_so_logits_are_bit_identical():
 
     torch.manual_seed(5)
     model = get_backbone("resnet20", method="mass", num_classes=10).eval()
-    assert isinstance(model.avgpool, ExactGlobalAvgPool2d)
+    assert isinstance(model, ShiftEquivariantModel) and "exact_mean" in model.code
+    del ExactGlobalAvgPool2d
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         reference = model(x)
