@@ -1,28 +1,53 @@
-"""Backbone registry and the CIFAR / torchvision backbones registered in it."""
+"""Backbone registry and the CIFAR / torchvision backbones registered in it.
 
-from .cifar_resnet import CifarResNet, PadChannelsShortcut, cifar_resnet18, resnet20, resnet56
-from .registry import get_backbone, list_backbones, load_checkpoint, register_backbone
-from .segmentation import SEGMENTATION_ARCHS, convert_deeplabv3plus, get_segmentation_model, load_encoder_weights
-from .smp_encoders import EquivariantResNetEncoder, register_smp_encoders, smp_encoder_name
-from .zoo import TORCHVISION_BACKBONES, resolve_weights
+Names load on first use (PEP 562): torchvision is imported with the first backbone, and
+segmentation-models-pytorch (with timm) only for the segmentation names.
+"""
 
-__all__ = [
-    "SEGMENTATION_ARCHS",
-    "TORCHVISION_BACKBONES",
-    "EquivariantResNetEncoder",
-    "convert_deeplabv3plus",
-    "get_segmentation_model",
-    "load_encoder_weights",
-    "register_smp_encoders",
-    "smp_encoder_name",
-    "CifarResNet",
-    "PadChannelsShortcut",
-    "cifar_resnet18",
-    "get_backbone",
-    "list_backbones",
-    "load_checkpoint",
-    "register_backbone",
-    "resnet20",
-    "resnet56",
-    "resolve_weights",
-]
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+#: Public name -> submodule that defines it, imported on first access.
+_LAZY_NAMES: dict[str, str] = {
+    "CifarResNet": ".cifar_resnet",
+    "PadChannelsShortcut": ".cifar_resnet",
+    "cifar_resnet18": ".cifar_resnet",
+    "resnet20": ".cifar_resnet",
+    "resnet56": ".cifar_resnet",
+    "get_backbone": ".registry",
+    "list_backbones": ".registry",
+    "load_checkpoint": ".registry",
+    "register_backbone": ".registry",
+    "SEGMENTATION_ARCHS": ".segmentation",
+    "convert_deeplabv3plus": ".segmentation",
+    "get_segmentation_model": ".segmentation",
+    "load_encoder_weights": ".segmentation",
+    "EquivariantResNetEncoder": ".smp_encoders",
+    "register_smp_encoders": ".smp_encoders",
+    "smp_encoder_name": ".smp_encoders",
+    "TORCHVISION_BACKBONES": ".zoo",
+    "resolve_weights": ".zoo",
+}
+
+__all__ = sorted(_LAZY_NAMES)
+
+if TYPE_CHECKING:
+    from .cifar_resnet import CifarResNet, PadChannelsShortcut, cifar_resnet18, resnet20, resnet56
+    from .registry import get_backbone, list_backbones, load_checkpoint, register_backbone
+    from .segmentation import SEGMENTATION_ARCHS, convert_deeplabv3plus, get_segmentation_model, load_encoder_weights
+    from .smp_encoders import EquivariantResNetEncoder, register_smp_encoders, smp_encoder_name
+    from .zoo import TORCHVISION_BACKBONES, resolve_weights
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY_NAMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(_LAZY_NAMES[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY_NAMES})
