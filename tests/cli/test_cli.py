@@ -85,6 +85,7 @@ def test_checkpoint_then_validate_test_predict(in_tmp, tiny_config):
 
     cli = run_cli(["validate", *config_args(QUICKSTART, tiny), "--ckpt_path", checkpoint])
     assert cli.trainer.callback_metrics["val/consistency"].item() == 1.0
+    assert cli.config_init["validate"]["weights_only"] is True  # Lightning loads it without unpickling objects
     cli = run_cli(["test", *config_args(QUICKSTART, tiny), "--ckpt_path", checkpoint])
     assert {"test/acc", "test/consistency", "test/loss"} <= set(cli.trainer.callback_metrics)
 
