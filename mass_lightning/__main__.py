@@ -1,6 +1,6 @@
 """``python -m mass_lightning fit --config ...`` is ``mass-lightning fit --config ...``."""
 
-from mass_lightning.cli import main
+from mass_lightning.console import main
 
 if __name__ == "__main__":
     main()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 __all__ = [
     "CheckpointError",
+    "CheckpointNotFoundError",
     "ConfigError",
     "ConversionError",
     "DataError",
@@ -21,6 +22,8 @@ __all__ = [
     "MassLightningError",
     "NonFiniteInputError",
     "ShiftEquivarianceWarning",
+    "UnsafeCheckpointError",
+    "WeightsDownloadError",
 ]
 
 
@@ -61,6 +64,34 @@ class NonFiniteInputError(MassLightningError):
 
 class CheckpointError(MassLightningError):
     """A checkpoint cannot be read safely, or does not match the model."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """A checkpoint path does not name a file."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint holds pickled Python objects, so loading it could run code.
+
+    Attributes:
+        path: the checkpoint file.
+        unsafe_globals: the pickled callables and classes found in it (``"module.name"``);
+            empty when the file could not be inspected.
+    """
+
+    def __init__(self, path: str, unsafe_globals: tuple[str, ...] = (), message: str = "") -> None:
+        self.path, self.unsafe_globals = path, tuple(unsafe_globals)
+        super().__init__(message or f"Checkpoint {path!r} holds pickled Python objects {list(self.unsafe_globals)}.")
+
+    def __reduce__(self):  # keep the fields through pickling
+        return type(self), (self.path, self.unsafe_globals, str(self))
+
+
+class WeightsDownloadError(MassLightningError, RuntimeError):
+    """Pretrained weights could not be downloaded (offline machine, proxy, bad URL).
+
+    Also a :class:`RuntimeError`, which is what earlier versions raised.
+    """
 
 
 class ConfigError(MassLightningError):

@@ -12,12 +12,15 @@ import yaml
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# Real datasets of the project's machines (and of CI) sit in ../shared/data beside the checkout;
+# the library's default data root is a user cache folder, so point it here unless already set.
+if (REPO_ROOT.parent / "shared" / "data").is_dir():
+    os.environ.setdefault("MASS_LIGHTNING_DATA", str(REPO_ROOT.parent / "shared" / "data"))
 
 # pytest-xdist runs one worker per core: one intra-op thread each avoids oversubscription.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 #: Tiny synthetic datamodules (no files), per task type, as LightningCLI ``data`` values.
 TINY_DATA: dict[str, dict[str, Any]] = {

@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
+from ..errors import ConfigError
+
 __all__ = ["CifarResNet", "PadChannelsShortcut", "cifar_resnet18", "resnet20", "resnet56"]
 
 
@@ -52,11 +54,11 @@ class PadChannelsShortcut(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, stride: int = 2) -> None:
         super().__init__()
         if not 1 <= in_channels <= out_channels:
-            raise ValueError(
+            raise ConfigError(
                 f"PadChannelsShortcut needs 1 <= in_channels <= out_channels, got {in_channels} -> {out_channels}."
             )
         if stride < 1:
-            raise ValueError(f"PadChannelsShortcut: stride must be a positive int, got {stride}.")
+            raise ConfigError(f"PadChannelsShortcut: stride must be a positive int, got {stride}.")
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.pool = nn.MaxPool2d(kernel_size=1, stride=stride)
@@ -79,7 +81,7 @@ class PadChannelsShortcut(nn.Module):
 def _check_builder_args(num_classes: int, in_channels: int, model: str) -> None:
     for name, value in (("num_classes", num_classes), ("in_channels", in_channels)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{model}: {name} must be a positive int, got {value!r}.")
+            raise ConfigError(f"{model}: {name} must be a positive int, got {value!r}.")
 
 
 class CifarResNet(nn.Module):
@@ -113,7 +115,7 @@ class CifarResNet(nn.Module):
         super().__init__()
         _check_builder_args(num_classes, in_channels, type(self).__name__)
         if len(layers) != 3 or len(widths) != 3 or min(layers) < 1 or min(widths) < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"CifarResNet needs three stages with >= 1 block and >= 1 channel each, "
                 f"got layers={tuple(layers)}, widths={tuple(widths)}."
             )

@@ -6,30 +6,41 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-import torch
 from torch import nn
 
+from ..checkpoints import safe_load
 from ..conversion import convert
-from ..errors import ConfigError
+from ..errors import CheckpointError, CheckpointNotFoundError, ConfigError
 from ..layers import DDAC
 
 __all__ = ["get_backbone", "list_backbones", "load_checkpoint", "register_backbone"]
 
 BuilderFn = TypeVar("BuilderFn", bound=Callable[..., nn.Module])
 _BACKBONES: dict[str, Callable[..., nn.Module]] = {}
+_builtins_registered = False
+
+
+def _register_builtin_backbones() -> None:
+    """Register the CIFAR and torchvision backbones (imports torchvision) on first use of the registry."""
+    global _builtins_registered
+    if not _builtins_registered:
+        _builtins_registered = True
+        from . import zoo  # noqa: F401  (registers on import)
 
 
 def register_backbone(name: str | None = None) -> Callable[[BuilderFn], BuilderFn]:
     """Register a builder ``fn(*, num_classes, weights, **kwargs) -> nn.Module`` under ``name``.
 
     The builder returns the *original* (zero-padded) network; :func:`get_backbone`
-    converts it. Raises ``ValueError`` on a duplicate name.
+    converts it. Raises :class:`~mass_lightning.errors.ConfigError` (a ``ValueError``) on a
+    duplicate name.
     """
 
     def wrapper(fn: BuilderFn) -> BuilderFn:
         key = name or fn.__name__
+        _register_builtin_backbones()
         if key in _BACKBONES:
-            raise ValueError(f"A backbone named {key!r} is already registered.")
+            raise ConfigError(f"A backbone named {key!r} is already registered.")
         _BACKBONES[key] = fn
         return fn
 
@@ -38,6 +49,7 @@ def register_backbone(name: str | None = None) -> Callable[[BuilderFn], BuilderF
 
 def list_backbones() -> list[str]:
     """Names of all registered backbones, sorted."""
+    _register_builtin_backbones()
     return sorted(_BACKBONES)
 
 
@@ -64,8 +76,9 @@ def get_backbone(
             and a different size, the classifier is re-initialised (for fine-tuning).
         weights: ``None``; a torchvision weights enum or its name (``"IMAGENET1K_V1"``,
             ``"DEFAULT"``, ``"ResNet18_Weights.IMAGENET1K_V1"``), downloaded by torchvision
-            when online; ``"timm"`` for a timm model's pretrained weights; or the path of a local checkpoint (a ``state_dict``, a
-            ``{"state_dict": ...}`` dict or a Lightning checkpoint).
+            when online; ``"timm"`` for a timm model's pretrained weights; or the path of a local
+            checkpoint (a ``state_dict``, a ``{"state_dict": ...}`` dict or a Lightning checkpoint),
+            read with :func:`~mass_lightning.checkpoints.safe_load` (no pickled code runs).
         padding: ``"circular"`` or ``"zeros"`` (only for the original baseline).
         **kwargs: passed to the builder.
 
@@ -75,6 +88,7 @@ def get_backbone(
     Example:
         >>> model = get_backbone("resnet20", method="mass", num_classes=10)
     """
+    _register_builtin_backbones()
     builder = _BACKBONES.get(name)
     if builder is None:
         from .zoo import model_zoo_builder  # torchvision / timm names, resolved on demand
@@ -96,7 +110,7 @@ def _checkpoint_path(weights: Any) -> Path | None:
                                                                     or "/" in weights or "\\" in weights)):
         path = Path(weights).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(
+            raise CheckpointNotFoundError(
                 f"Checkpoint {str(path)!r} does not exist. Pass a path to a saved state_dict or Lightning "
                 "checkpoint, a torchvision weights name such as 'IMAGENET1K_V1', or None."
             )
@@ -107,24 +121,28 @@ def _checkpoint_path(weights: Any) -> Path | None:
 def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
     """Load a ``state_dict`` (plain, ``{"state_dict": ...}`` or Lightning) into ``model``.
 
+    The file is read with :func:`~mass_lightning.checkpoints.safe_load`: a checkpoint that
+    holds pickled Python objects is refused, with a message that says how to convert it.
     A common ``model.`` / ``backbone.`` / ``module.`` prefix is stripped. Only the
     parameters of anti-aliasing filters that the checkpoint's network did not have
     (DDAC added by the conversion) may be missing; anything else must match.
+
+    Raises:
+        CheckpointNotFoundError: If ``path`` is not a file.
+        UnsafeCheckpointError: If the file holds pickled Python objects.
+        CheckpointError: If it cannot be read or does not match ``model``.
     """
-    try:
-        state = torch.load(Path(path), map_location="cpu", weights_only=False)
-    except Exception as error:  # noqa: BLE001 - re-raised with the path
-        raise ValueError(f"Could not read checkpoint {str(path)!r}: {error}. Is it a torch.save file?") from error
+    state = safe_load(path)
     if isinstance(state, Mapping) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, Mapping):
-        raise ValueError(f"Checkpoint {str(path)!r} holds a {type(state).__name__}, not a state_dict.")
+        raise CheckpointError(f"Checkpoint {str(path)!r} holds a {type(state).__name__}, not a state_dict.")
     state = _strip_common_prefix(dict(state), set(model.state_dict()))
     result = model.load_state_dict(state, strict=False)
     ddac_prefixes = tuple(f"{n}." for n, m in model.named_modules() if isinstance(m, DDAC))
     missing = [k for k in result.missing_keys if not k.startswith(ddac_prefixes)]
     if missing or result.unexpected_keys:
-        raise ValueError(
+        raise CheckpointError(
             f"Checkpoint {str(path)!r} does not match the model: missing {missing[:5]}"
             f"{'...' if len(missing) > 5 else ''}, unexpected {result.unexpected_keys[:5]}. "
             "Check that backbone, num_classes and antialias are those it was trained with."

@@ -9,8 +9,8 @@ from typing import Any
 import torchvision
 from torch import nn
 
+from ..errors import ConfigError, WeightsDownloadError
 from .cifar_resnet import cifar_resnet18, resnet20, resnet56
-from ..errors import ConfigError
 from .registry import register_backbone
 
 __all__ = ["TORCHVISION_BACKBONES", "model_zoo_builder", "resolve_weights"]
@@ -29,7 +29,7 @@ TORCHVISION_BACKBONES: tuple[str, ...] = (
 def _cifar(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     def build(*, num_classes: int = 10, weights: Any = None, **kwargs: Any) -> nn.Module:
         if weights is not None:
-            raise ValueError(
+            raise ConfigError(
                 f"{builder.__name__} has no published pretrained weights; pass weights=<path to a checkpoint> "
                 "or None."
             )
@@ -53,7 +53,7 @@ def resolve_weights(model_name: str, weights: Any) -> torchvision.models.Weights
     try:
         return enum[member] if member != "DEFAULT" else enum.DEFAULT
     except KeyError:
-        raise ValueError(
+        raise ConfigError(
             f"Unknown weights {weights!r} for {model_name}. Available: "
             f"{', '.join(['DEFAULT'] + [w.name for w in enum])}, or a checkpoint path."
         ) from None
@@ -74,7 +74,7 @@ def _torchvision(model_name: str) -> Callable[..., nn.Module]:
         try:
             model = torchvision.models.get_model(model_name, weights=enum, **kwargs)
         except (urllib.error.URLError, OSError, RuntimeError) as error:
-            raise RuntimeError(
+            raise WeightsDownloadError(
                 f"Could not download {enum} for {model_name} ({error}). Without internet access, download the "
                 f"file from {enum.url} elsewhere and pass its local path as weights."
             ) from error
@@ -104,7 +104,7 @@ def _timm(model_name: str) -> Callable[..., nn.Module]:
         except (OSError, RuntimeError) as error:
             if weights is None:
                 raise
-            raise RuntimeError(f"Could not download timm's weights for {model_name} ({error}). Without internet "
+            raise WeightsDownloadError(f"Could not download timm's weights for {model_name} ({error}). Without internet "
                                "access, save the weights elsewhere (timm.create_model(..., pretrained=True) and "
                                "torch.save(model.state_dict(), path)) and pass the local path as weights.") from error
 

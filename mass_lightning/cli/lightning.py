@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from typing import Any
 
+from ..console import LIGHTNING_DESCRIPTION
 from .main import main
 
 __all__ = ["OWN_SUBCOMMANDS", "find_sdk_entry_point", "lightning_main"]
@@ -22,13 +23,6 @@ OWN_SUBCOMMANDS: tuple[str, ...] = ("fit", "validate", "test", "predict")
 
 SDK_MODULE = "lightning_sdk.cli.entrypoint"
 SDK_FUNCTION = "main_cli"
-
-LIGHTNING_DESCRIPTION = (
-    "Train and evaluate exactly shift-equivariant CNNs (MASS): 'lightning {fit,validate,test,predict}' is "
-    "'mass-lightning' under the name the Lightning docs use. Any other subcommand (login, studio, ...) is "
-    "forwarded to the lightning-sdk command line when lightning-sdk is installed. "
-    "Example: %(prog)s fit --config configs/quickstart.yaml"
-)
 
 
 def find_sdk_entry_point() -> Callable[[], Any] | None:
@@ -80,7 +74,8 @@ def lightning_main(args: Sequence[str] | None = None) -> Any:
     """
     argv = list(sys.argv[1:] if args is None else args)
     if not argv or argv[0].startswith("-") or argv[0] in OWN_SUBCOMMANDS:
-        return main(argv, prog="lightning", description=LIGHTNING_DESCRIPTION)
+        # None: LightningCLI reads sys.argv itself (it warns when given both)
+        return main(None if args is None else argv, prog="lightning", description=LIGHTNING_DESCRIPTION)
     sdk_main = find_sdk_entry_point()
     if sdk_main is None:
         print(_not_installed_message(argv[0]), file=sys.stderr)

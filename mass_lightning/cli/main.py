@@ -8,24 +8,22 @@ from typing import Any
 
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
-from lightning.pytorch.cli import ArgsType, LightningCLI
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
-from ..data import DataError
+from ..console import DESCRIPTION
+from ..errors import MassLightningError
 from ..tasks import BaseTask
 from .callbacks import FinalMetricsSummary
+from .preflight import check_checkpoint_arguments, with_shipped_configs
 
 __all__ = ["DEBUG_ENV_VAR", "MassLightningCLI", "main", "run_cli"]
 
 DEBUG_ENV_VAR = "MASS_LIGHTNING_DEBUG"
 """Set to 1 to get full tracebacks instead of one-line errors for bad configs and data."""
 
-#: Errors of configuration and data that the CLI reports in one line (with exit code 2).
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError, DataError)
-
-DESCRIPTION = (
-    "Train and evaluate exactly shift-equivariant CNNs (MASS) with PyTorch Lightning. "
-    "Example: %(prog)s fit --config configs/quickstart.yaml"
-)
+#: Errors that the CLI reports in one line (with exit code 2): the library's own, also when
+#: jsonargparse wraps them. Any other exception keeps its traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (MassLightningError,)
 
 
 class MassLightningCLI(LightningCLI):
@@ -34,7 +32,19 @@ class MassLightningCLI(LightningCLI):
     * a :class:`~lightning.pytorch.callbacks.RichProgressBar`, unless the config disables
       the progress bar or already lists a progress bar;
     * a :class:`~mass_lightning.cli.FinalMetricsSummary`, unless the config lists one.
+
+    Before anything is built, ``--config configs/...`` paths missing from the working
+    directory are taken from the configs shipped with the package, and checkpoints are
+    only loaded with ``weights_only=True`` (see :mod:`mass_lightning.cli.preflight`).
     """
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        """Parse as LightningCLI does, with shipped configs found and checkpoint loading made safe."""
+        if args is None:  # the command line (LightningCLI warns when given args and sys.argv)
+            self.config = parser.parse_args(with_shipped_configs(sys.argv[1:]))
+        else:
+            super().parse_arguments(parser, with_shipped_configs(args) if isinstance(args, (list, tuple)) else args)
+        check_checkpoint_arguments(self.config)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """Build the trainer with the default callbacks added."""
@@ -86,9 +96,11 @@ def main(args: ArgsType = None, *, prog: str = "mass-lightning", description: st
     The model is any :class:`~mass_lightning.tasks.BaseTask` subclass and the data any
     ``LightningDataModule`` (``class_path`` + ``init_args`` in the config); several
     ``--config`` files compose, the last one wins. jsonargparse reports unknown keys and
-    values of the wrong type; errors found while building the model or reading the data
-    (unknown backbone, missing dataset folder, ...) are printed as one ``error:`` line and
-    exit with code 2 (set ``MASS_LIGHTNING_DEBUG=1`` for the traceback).
+    values of the wrong type; the library's own errors (a
+    :class:`~mass_lightning.errors.MassLightningError`: unknown backbone, missing dataset
+    folder, unsafe checkpoint, ...) are printed as one ``error:`` line and exit with code 2
+    (set ``MASS_LIGHTNING_DEBUG=1`` for the traceback). Any other exception, such as a bug
+    inside torch, propagates with its traceback.
 
     Args:
         args: Command-line arguments; ``None`` reads ``sys.argv[1:]``.
@@ -100,10 +112,10 @@ def main(args: ArgsType = None, *, prog: str = "mass-lightning", description: st
     """
     try:
         run_cli(args, prog=prog, description=description)
-    except USER_ERRORS as error:
-        if os.environ.get(DEBUG_ENV_VAR, "").strip() not in ("", "0"):
+    except Exception as error:
+        cause = _user_error(error)
+        if cause is None or os.environ.get(DEBUG_ENV_VAR, "").strip() not in ("", "0"):
             raise
-        cause = _root_cause(error)
         print(
             f"{prog}: error: {type(cause).__name__}: {cause}\n(Set {DEBUG_ENV_VAR}=1 to see the full traceback.)",
             file=sys.stderr,
@@ -111,8 +123,8 @@ def main(args: ArgsType = None, *, prog: str = "mass-lightning", description: st
         raise SystemExit(2) from error
 
 
-def _root_cause(error: BaseException) -> BaseException:
-    """The innermost configuration/data error (jsonargparse wraps errors raised in ``__init__``)."""
-    while isinstance(error.__cause__, USER_ERRORS):
+def _user_error(error: BaseException | None) -> BaseException | None:
+    """The library error in ``error``'s chain of causes (jsonargparse wraps errors raised in ``__init__``)."""
+    while error is not None and not isinstance(error, USER_ERRORS):
         error = error.__cause__
     return error

@@ -3,8 +3,10 @@
 Every datamodule yields ``(image, target)`` batches: ``float32`` normalised
 images ``(B, 3, H, W)`` and ``int64`` labels ``(B,)`` or masks ``(B, H, W)``;
 it exposes ``num_classes`` (and ``ignore_index`` for segmentation). Real
-datasets are found under ``$MASS_LIGHTNING_DATA`` (default ``../shared/data``
-next to the repository) unless ``root`` is given.
+datasets are found under :func:`data_root` (``$MASS_LIGHTNING_DATA``, else
+``~/.cache/mass_lightning/data``) unless ``root`` is given. Missing datasets raise
+:class:`~mass_lightning.errors.DatasetNotFoundError` (a ``FileNotFoundError``), unusable
+ones :class:`~mass_lightning.errors.DataError`.
 
 Example (LightningCLI YAML)::
 
@@ -17,8 +19,8 @@ from .base import BaseDataModule, check_divisible, deterministic_subset, seed_wo
 from .camvid import CAMVID_CLASSES, CamVidDataModule, camvid_label_map
 from .cifar10 import CIFAR10_CLASSES, CIFAR10DataModule, CIFAR10Pickled, detect_cifar10_format
 from .imagenet import ImageNetDataModule
+from ..errors import DataError, DatasetNotFoundError
 from .io import (
-    DataError,
     image_folder,
     open_image,
     read_label,
@@ -27,7 +29,7 @@ from .io import (
     read_sbd_mat,
     resolve_listed_path,
 )
-from .paths import DATA_ENV_VAR, data_root, resolve_root
+from .paths import DATA_ENV_VAR, data_root, default_data_root, resolve_root
 from .periodic_defects import (
     DEFECT_TYPES,
     SEGMENTATION_CLASSES,
@@ -66,6 +68,7 @@ __all__ = [
     "DATA_ENV_VAR",
     "DEFECT_TYPES",
     "DataError",
+    "DatasetNotFoundError",
     "Defect",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -84,6 +87,7 @@ __all__ = [
     "camvid_label_map",
     "check_divisible",
     "data_root",
+    "default_data_root",
     "detect_cifar10_format",
     "deterministic_subset",
     "image_folder",

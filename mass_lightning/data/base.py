@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from ..errors import ConfigError, InputSizeError
+
 SPLITS = ("train", "val", "test")
 
 
@@ -37,16 +39,16 @@ def check_divisible(owner: str, name: str, size: Union[int, Sequence[int]], tota
         (224, 224)
     """
     if total_stride < 1:
-        raise ValueError(f"{owner}: total_stride must be >= 1, got {total_stride}.")
+        raise ConfigError(f"{owner}: total_stride must be >= 1, got {total_stride}.")
     height, width = (size, size) if isinstance(size, int) else tuple(size)
     for value in (height, width):
         if int(value) != value or value < 1:
-            raise ValueError(f"{owner}: {name}={size} must hold positive integers.")
+            raise ConfigError(f"{owner}: {name}={size} must hold positive integers.")
         if value % total_stride:
             lower = value // total_stride * total_stride
             upper = lower + total_stride
             suggestion = f"{lower} or {upper}" if lower else f"{upper}"
-            raise ValueError(
+            raise InputSizeError(
                 f"{owner}: {name}={size} is not divisible by total_stride={total_stride}; every downsampling "
                 f"stage must divide the input exactly for shift equivariance. Use a multiple of {total_stride}, "
                 f"e.g. {suggestion} instead of {value}."
@@ -62,7 +64,7 @@ def deterministic_subset(dataset: Dataset, max_samples: Optional[int], seed: int
     if max_samples is None or max_samples >= len(dataset):  # type: ignore[arg-type]
         return dataset
     if max_samples < 1:
-        raise ValueError(f"max_samples must be >= 1 or None, got {max_samples}.")
+        raise ConfigError(f"max_samples must be >= 1 or None, got {max_samples}.")
     generator = torch.Generator().manual_seed(seed)
     indices = torch.randperm(len(dataset), generator=generator)[:max_samples].sort().values  # type: ignore[arg-type]
     return Subset(dataset, indices.tolist())
@@ -132,9 +134,9 @@ class BaseDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         if batch_size < 1:
-            raise ValueError(f"{type(self).__name__}: batch_size must be >= 1, got {batch_size}.")
+            raise ConfigError(f"{type(self).__name__}: batch_size must be >= 1, got {batch_size}.")
         if num_workers < 0:
-            raise ValueError(f"{type(self).__name__}: num_workers must be >= 0, got {num_workers}.")
+            raise ConfigError(f"{type(self).__name__}: num_workers must be >= 0, got {num_workers}.")
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.seed = seed
@@ -161,7 +163,7 @@ class BaseDataModule(pl.LightningDataModule):
     def dataset(self, split: str) -> Dataset:
         """The dataset of ``split``, built on first use."""
         if split not in SPLITS:
-            raise ValueError(f"{type(self).__name__}: unknown split '{split}'; use one of {SPLITS}.")
+            raise ConfigError(f"{type(self).__name__}: unknown split '{split}'; use one of {SPLITS}.")
         if split not in self.datasets:
             self.datasets[split] = self.build_dataset(split)
         return self.datasets[split]

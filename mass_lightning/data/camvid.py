@@ -6,7 +6,8 @@ from typing import Optional
 
 import numpy as np
 
-from .io import DataError, read_split_file, require_dir, resolve_listed_path
+from ..errors import DataError, DatasetNotFoundError
+from .io import read_split_file, require_dir, resolve_listed_path
 from .paths import DATA_ENV_VAR, resolve_root
 from .segmentation import SegmentationDataModule, Size
 
@@ -107,7 +108,7 @@ class CamVidDataModule(SegmentationDataModule):
             label = resolve_listed_path(entries[1], self.root)
             for listed, found in ((entries[0], image), (entries[1], label)):
                 if found is None:
-                    raise FileNotFoundError(
+                    raise DatasetNotFoundError(
                         f"{split_file}:{number}: listed file '{listed}' not found under '{self.root}' (tried it as "
                         "written, relative to the root, and by its last path components). Restore the file or "
                         "fix the split file."

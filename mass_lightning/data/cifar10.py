@@ -10,8 +10,9 @@ from torch.utils.data import Dataset, Subset
 from torchvision import datasets
 from torchvision.transforms import v2
 
+from ..errors import ConfigError, DataError, DatasetNotFoundError
 from .base import BaseDataModule, deterministic_subset
-from .io import DataError, image_folder
+from .io import image_folder
 from .paths import DATA_ENV_VAR, resolve_root
 from .transforms import CIFAR10_MEAN, CIFAR10_STD, PADDING_MODES, random_crop
 
@@ -136,11 +137,11 @@ class CIFAR10DataModule(BaseDataModule):
             except ValueError:
                 pass
         if not (val_split == "test" or (isinstance(val_split, float) and 0 < val_split < 1)):
-            raise ValueError(
+            raise ConfigError(
                 f"CIFAR10DataModule: val_split must be 'test' or a fraction in (0, 1), got {val_split!r}."
             )
         if padding_mode not in PADDING_MODES:
-            raise ValueError(f"CIFAR10DataModule: padding_mode must be one of {PADDING_MODES}, got '{padding_mode}'.")
+            raise ConfigError(f"CIFAR10DataModule: padding_mode must be one of {PADDING_MODES}, got '{padding_mode}'.")
         root_path = resolve_root(root, "cifar10-jpeg")
         if root_path.name == PICKLED_FOLDER:  # pointed at the batches folder itself
             root_path = root_path.parent
@@ -165,7 +166,7 @@ class CIFAR10DataModule(BaseDataModule):
         if found:
             return found
         state = "is empty or holds neither layout" if self.root.is_dir() else "does not exist"
-        raise FileNotFoundError(
+        raise DatasetNotFoundError(
             f"CIFAR10DataModule: no CIFAR-10 at '{self.root}' ({state}). Expected '{PICKLED_FOLDER}/' (official "
             "format; set download: true to fetch it where online) or 'train/<class>/*.jpg' and "
             f"'test/<class>/*.jpg'. Set data.init_args.root or ${DATA_ENV_VAR}."

@@ -8,8 +8,9 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
+from ..errors import ConfigError, DataError, DatasetNotFoundError
 from .base import BaseDataModule, check_divisible, deterministic_subset
-from .io import DataError, image_folder
+from .io import image_folder
 from .paths import DATA_ENV_VAR, resolve_root
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -67,7 +68,7 @@ class ImageNetDataModule(BaseDataModule):
         super().__init__(batch_size, num_workers, seed, pin_memory, drop_last)
         check_divisible("ImageNetDataModule", "crop_size", crop_size, total_stride)
         if resize_size < crop_size:
-            raise ValueError(
+            raise ConfigError(
                 f"ImageNetDataModule: resize_size={resize_size} must be >= crop_size={crop_size} "
                 "(the evaluation centre crop is taken from the resized image)."
             )
@@ -90,7 +91,7 @@ class ImageNetDataModule(BaseDataModule):
                     self._classes = sorted(entry.name for entry in folder.iterdir() if entry.is_dir())
                     break
             else:
-                raise FileNotFoundError(
+                raise DatasetNotFoundError(
                     f"ImageNetDataModule: no '{self.train_dir}/' or '{self.val_dir}/' folder under '{self.root}'. "
                     "Download ILSVRC-2012 from image-net.org, extract it to root/train/<wnid>/ and "
                     f"root/val/<wnid>/, and set data.init_args.root or ${DATA_ENV_VAR}."
@@ -120,7 +121,7 @@ class ImageNetDataModule(BaseDataModule):
             return self.dataset("val")
         folder = self.root / (self.train_dir if split == "train" else self.val_dir)
         if not self.root.is_dir():
-            raise FileNotFoundError(
+            raise DatasetNotFoundError(
                 f"ImageNetDataModule: root '{self.root}' does not exist. Download ILSVRC-2012 from image-net.org "
                 f"(train/val archives), extract to <root>/train/<wnid>/ and <root>/val/<wnid>/, and set "
                 f"data.init_args.root or ${DATA_ENV_VAR}."

@@ -9,17 +9,15 @@ import numpy as np
 from PIL import Image
 from torchvision import datasets
 
+from ..errors import DataError, DatasetNotFoundError
+
 PathLike = Union[str, Path]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
-class DataError(RuntimeError):
-    """A dataset file or folder exists but cannot be used (corrupt, empty, wrong layout)."""
-
-
 def require_dir(path: PathLike, what: str, hint: str) -> Path:
-    """Return ``path`` if it is a folder, else raise a :class:`FileNotFoundError`.
+    """Return ``path`` if it is a folder, else raise a :class:`~mass_lightning.errors.DatasetNotFoundError`.
 
     Args:
         path: Folder to check.
@@ -27,20 +25,20 @@ def require_dir(path: PathLike, what: str, hint: str) -> Path:
         hint: What the user should do about it.
 
     Raises:
-        FileNotFoundError: If ``path`` is not an existing folder.
+        DatasetNotFoundError: If ``path`` is not an existing folder.
     """
     path = Path(path)
     if not path.is_dir():
         state = "is a file, not a folder" if path.exists() else "does not exist"
-        raise FileNotFoundError(f"{what} {state}: '{path}'. {hint}")
+        raise DatasetNotFoundError(f"{what} {state}: '{path}'. {hint}")
     return path
 
 
 def require_file(path: PathLike, what: str, hint: str) -> Path:
-    """Return ``path`` if it is a file, else raise a :class:`FileNotFoundError` naming it."""
+    """Return ``path`` if it is a file, else raise a :class:`~mass_lightning.errors.DatasetNotFoundError` naming it."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: '{path}'. {hint}")
+        raise DatasetNotFoundError(f"{what} not found: '{path}'. {hint}")
     return path
 
 
@@ -53,14 +51,14 @@ def check_files_exist(paths: Iterable[PathLike], listed_in: PathLike, hint: str)
         hint: What the user should do about it.
 
     Raises:
-        FileNotFoundError: Naming the split file, the number of missing files
+        DatasetNotFoundError: Naming the split file, the number of missing files
             and the first few of them.
     """
     missing = [str(p) for p in paths if not Path(p).is_file()]
     if missing:
         shown = "\n  ".join(missing[:5])
         more = f"\n  ... and {len(missing) - 5} more" if len(missing) > 5 else ""
-        raise FileNotFoundError(
+        raise DatasetNotFoundError(
             f"{len(missing)} file(s) listed in '{listed_in}' do not exist:\n  {shown}{more}\n{hint}"
         )
 
@@ -69,7 +67,7 @@ def read_split_file(path: PathLike, what: str, hint: str) -> list[str]:
     """Read a split file: one entry per line, blank lines and ``#`` comments skipped.
 
     Raises:
-        FileNotFoundError: If the file is missing.
+        DatasetNotFoundError: If the file is missing.
         DataError: If it lists nothing.
     """
     path = require_file(path, what, hint)
@@ -92,12 +90,12 @@ def open_image(path: PathLike, mode: Optional[str] = "RGB") -> Image.Image:
         The decoded image (detached from the file).
 
     Raises:
-        FileNotFoundError: If the file does not exist.
+        DatasetNotFoundError: If the file does not exist.
         DataError: If the file cannot be decoded (corrupt, truncated, not an image).
 
     Example:
         >>> open_image("missing.jpg")  # doctest: +SKIP
-        FileNotFoundError: Image file not found: 'missing.jpg'. ...
+        DatasetNotFoundError: Image file not found: 'missing.jpg'. ...
     """
     path = Path(path)
     try:
@@ -105,7 +103,7 @@ def open_image(path: PathLike, mode: Optional[str] = "RGB") -> Image.Image:
             image.load()
             return image.convert(mode) if mode is not None else image.copy()
     except FileNotFoundError:
-        raise FileNotFoundError(
+        raise DatasetNotFoundError(
             f"Image file not found: '{path}'. Check the dataset root and that the download/extraction "
             "finished; a split file may list an image that is not on disk."
         ) from None
@@ -153,14 +151,14 @@ def read_sbd_mat(path: PathLike) -> np.ndarray:
     does (``scipy.io.loadmat``; scipy comes with albumentations).
 
     Raises:
-        FileNotFoundError: If the file is missing.
+        DatasetNotFoundError: If the file is missing.
         DataError: If it is not a MATLAB file with a ``GTcls.Segmentation`` field.
     """
     from scipy.io import loadmat
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"SBD label file not found: '{path}'. Re-extract SBD's benchmark.tgz.")
+        raise DatasetNotFoundError(f"SBD label file not found: '{path}'. Re-extract SBD's benchmark.tgz.")
     try:
         mat = loadmat(str(path))
         return np.asarray(mat["GTcls"][0]["Segmentation"][0], dtype=np.uint8)
@@ -230,18 +228,18 @@ def image_folder(
         owner: Name used in error messages.
 
     Raises:
-        FileNotFoundError: If ``folder`` is missing, has no class folders, or a class has no image.
+        DatasetNotFoundError: If ``folder`` is missing, has no class folders, or a class has no image.
         DataError: If the class folders differ from ``expected_classes``.
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(
+        raise DatasetNotFoundError(
             f"{owner}: image folder '{folder}' does not exist; expected '{folder}/<class>/<image>.jpg'."
         )
     try:
         dataset = datasets.ImageFolder(str(folder), transform=transform, loader=pil_rgb_loader)
     except FileNotFoundError as error:
-        raise FileNotFoundError(
+        raise DatasetNotFoundError(
             f"{owner}: '{folder}' must hold one sub-folder of images per class ({error})"
         ) from error
     if expected_classes is not None and tuple(dataset.classes) != tuple(expected_classes):

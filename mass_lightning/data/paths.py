@@ -5,8 +5,10 @@ environment variable moves every dataset at once::
 
     export MASS_LIGHTNING_DATA=/datasets      # CIFAR-10 at /datasets/cifar10-jpeg, ...
 
-Without the variable the data root is ``../shared/data`` next to the
-repository (the layout of the project's machines).
+Without the variable the data root is a per-user folder outside any source tree or
+installed package: ``$XDG_CACHE_HOME/mass_lightning/data``, by default
+``~/.cache/mass_lightning/data`` (where ``--data.download true`` puts CIFAR-10 and VOC).
+The test suite points the variable at ``../shared/data`` beside the checkout.
 """
 
 from __future__ import annotations
@@ -19,15 +21,29 @@ DATA_ENV_VAR = "MASS_LIGHTNING_DATA"
 """Environment variable that overrides the data root."""
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-"""The repository root (the folder that holds the ``mass_lightning`` package)."""
+"""The folder that holds the ``mass_lightning`` package: the repository root in a source
+checkout (notebooks and scripts find ``outputs/`` there); ``site-packages`` when installed."""
+
+
+def default_data_root() -> Path:
+    """The data root without ``$MASS_LIGHTNING_DATA``: ``$XDG_CACHE_HOME/mass_lightning/data``.
+
+    ``XDG_CACHE_HOME`` defaults to ``~/.cache``.
+
+    Example:
+        >>> default_data_root().parts[-2:]
+        ('mass_lightning', 'data')
+    """
+    cache = os.environ.get("XDG_CACHE_HOME", "").strip()
+    base = Path(cache).expanduser() if cache else Path.home() / ".cache"
+    return (base / "mass_lightning" / "data").resolve()
 
 
 def data_root() -> Path:
     """Return the folder that holds all datasets.
 
-    Order: ``$MASS_LIGHTNING_DATA`` if set; else the first existing of
-    ``<repo>/../shared/data`` and ``<cwd>/../shared/data``; else
-    ``<repo>/../shared/data`` (which may not exist: loaders then report it).
+    ``$MASS_LIGHTNING_DATA`` if set, else :func:`default_data_root`. The folder may not
+    exist: loaders then say so and how to fix it.
 
     Returns:
         An absolute path.
@@ -39,11 +55,7 @@ def data_root() -> Path:
     env = os.environ.get(DATA_ENV_VAR, "").strip()
     if env:
         return Path(os.path.expandvars(env)).expanduser().resolve()
-    candidates = [REPO_ROOT.parent / "shared" / "data", Path.cwd().parent / "shared" / "data"]
-    for candidate in candidates:
-        if candidate.is_dir():
-            return candidate.resolve()
-    return candidates[0].resolve()
+    return default_data_root()
 
 
 def resolve_root(root: Optional[Union[str, Path]], default_subdir: str) -> Path:

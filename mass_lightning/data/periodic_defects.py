@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..errors import ConfigError
 from .base import BaseDataModule
 
 DEFECT_TYPES = ("none", "missing", "extra", "bridge", "shifted", "size")
@@ -86,15 +87,15 @@ class LatticeParams:
 def _check_geometry(owner: str, image_size: int, period: int) -> int:
     """Return the number of cells per side; raise if ``period`` does not tile the image."""
     if period < 4:
-        raise ValueError(f"{owner}: period={period} is too small to draw a pad; use period >= 4 (default 8).")
+        raise ConfigError(f"{owner}: period={period} is too small to draw a pad; use period >= 4 (default 8).")
     if image_size % period:
-        raise ValueError(
+        raise ConfigError(
             f"{owner}: period={period} must divide image_size={image_size} so that the lattice wraps "
             f"seamlessly; use e.g. image_size={image_size // period * period or period} or a divisor period."
         )
     cells = image_size // period
     if cells < 2:
-        raise ValueError(f"{owner}: image_size={image_size} holds only {cells} cell of period={period}; need >= 2.")
+        raise ConfigError(f"{owner}: image_size={image_size} holds only {cells} cell of period={period}; need >= 2.")
     return cells
 
 
@@ -185,7 +186,7 @@ def render_lattice(params: LatticeParams, image_size: int, period: int) -> tuple
             coverage = np.maximum(coverage, enlarged)
             labels[enlarged >= 0.5] = code
         else:
-            raise ValueError(f"render_lattice: unknown defect kind '{defect.kind}'; use one of {DEFECT_TYPES[1:]}.")
+            raise ConfigError(f"render_lattice: unknown defect kind '{defect.kind}'; use one of {DEFECT_TYPES[1:]}.")
 
     background = np.asarray(params.background, dtype=np.float64)
     foreground = np.asarray(params.foreground, dtype=np.float64)
@@ -212,7 +213,7 @@ def sample_defect(rng: np.random.Generator, kind: str, cell: tuple[int, int], pe
         return Defect(kind, cell, size=float(min(radius * rng.uniform(1.6, 1.8), 0.5 * period)))
     if kind == "missing":
         return Defect(kind, cell)
-    raise ValueError(f"Unknown defect kind '{kind}'; use one of {DEFECT_TYPES[1:]}.")
+    raise ConfigError(f"Unknown defect kind '{kind}'; use one of {DEFECT_TYPES[1:]}.")
 
 
 def sample_lattice(
@@ -272,9 +273,9 @@ class _PeriodicDataset(Dataset):
         name = type(self).__name__
         self.cells = _check_geometry(name, image_size, period)
         if split not in _SPLIT_CODES:
-            raise ValueError(f"{name}: split must be one of {tuple(_SPLIT_CODES)}, got '{split}'.")
+            raise ConfigError(f"{name}: split must be one of {tuple(_SPLIT_CODES)}, got '{split}'.")
         if num_samples < 0 or channels < 1 or noise_std < 0:
-            raise ValueError(f"{name}: need num_samples >= 0, channels >= 1, noise_std >= 0.")
+            raise ConfigError(f"{name}: need num_samples >= 0, channels >= 1, noise_std >= 0.")
         self.num_samples = num_samples
         self.image_size = image_size
         self.period = period
@@ -426,7 +427,7 @@ class PeriodicDefectsSegmentation(_PeriodicDataset):
     ) -> None:
         super().__init__(num_samples, image_size, period, split, seed, noise_std, color, channels, normalize)
         if not 0 <= min_defects <= max_defects:
-            raise ValueError(
+            raise ConfigError(
                 f"PeriodicDefectsSegmentation: need 0 <= min_defects <= max_defects, got {min_defects}, {max_defects}."
             )
         self.min_defects = min_defects

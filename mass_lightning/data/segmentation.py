@@ -1,24 +1,37 @@
-"""Shared pieces of the file-based segmentation datamodules (albumentations joint transforms)."""
+"""Shared pieces of the file-based segmentation datamodules (albumentations joint transforms).
+
+albumentations (and OpenCV) are imported when the first transform is built, not with the module.
+"""
 
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence, Union
+from types import ModuleType
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network check on import
+import numpy as np
+import torch
+from torch.utils.data import Dataset
 
-import albumentations as A  # noqa: E402
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch.utils.data import Dataset  # noqa: E402
+from ..errors import ConfigError, DataError
+from .base import BaseDataModule, check_divisible, deterministic_subset
+from .io import read_label, read_rgb
+from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
-from .base import BaseDataModule, check_divisible, deterministic_subset  # noqa: E402
-from .io import DataError, read_label, read_rgb  # noqa: E402
-from .transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+if TYPE_CHECKING:
+    import albumentations as A
 
 Size = Union[int, tuple[int, int]]
 EVAL_MODES = ("crop", "resize")
+
+
+def _albumentations() -> tuple[ModuleType, ModuleType]:
+    """``(albumentations, cv2)``, imported on first use without albumentations' network version check."""
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    import albumentations
+    import cv2
+
+    return albumentations, cv2
 
 
 def _pair(size: Size) -> tuple[int, int]:
@@ -51,7 +64,8 @@ def segmentation_train_transform(
     height, width = _pair(crop_size)
     low, high = scale_range
     if not 0 < low <= high:
-        raise ValueError(f"scale_range must satisfy 0 < low <= high, got {scale_range}.")
+        raise ConfigError(f"scale_range must satisfy 0 < low <= high, got {scale_range}.")
+    A, cv2 = _albumentations()  # noqa: N806
     steps: list[A.BasicTransform] = []
     if (low, high) != (1.0, 1.0):
         steps.append(A.RandomScale(scale_limit=(low - 1.0, high - 1.0), p=1.0))
@@ -82,6 +96,7 @@ def segmentation_eval_transform(
         std: Normalisation standard deviation.
     """
     height, width = _pair(size)
+    A, cv2 = _albumentations()  # noqa: N806
     if mode == "crop":
         steps: list[A.BasicTransform] = [
             A.PadIfNeeded(height, width, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=ignore_index),
@@ -90,7 +105,7 @@ def segmentation_eval_transform(
     elif mode == "resize":
         steps = [A.Resize(height, width)]
     else:
-        raise ValueError(f"eval_mode must be one of {EVAL_MODES}, got '{mode}'.")
+        raise ConfigError(f"eval_mode must be one of {EVAL_MODES}, got '{mode}'.")
     return A.Compose([*steps, A.Normalize(mean=tuple(mean), std=tuple(std))], seed=0)
 
 
@@ -116,7 +131,7 @@ class SegmentationDataset(Dataset):
         label_map: Optional[np.ndarray] = None,
     ) -> None:
         if label_map is not None and label_map.shape != (256,):
-            raise ValueError(f"SegmentationDataset: label_map must have 256 entries, got shape {label_map.shape}.")
+            raise ConfigError(f"SegmentationDataset: label_map must have 256 entries, got shape {label_map.shape}.")
         self.samples = list(samples)
         self.transform = transform
         self.label_map = label_map
@@ -188,9 +203,9 @@ class SegmentationDataModule(BaseDataModule):
         self.crop_size = check_divisible(owner, "crop_size", crop_size, total_stride)
         self.eval_size = check_divisible(owner, "eval_size", eval_size, total_stride)
         if eval_mode not in EVAL_MODES:
-            raise ValueError(f"{owner}: eval_mode must be one of {EVAL_MODES}, got '{eval_mode}'.")
+            raise ConfigError(f"{owner}: eval_mode must be one of {EVAL_MODES}, got '{eval_mode}'.")
         if not 0 < scale_range[0] <= scale_range[1]:
-            raise ValueError(f"{owner}: scale_range must satisfy 0 < low <= high, got {scale_range}.")
+            raise ConfigError(f"{owner}: scale_range must satisfy 0 < low <= high, got {scale_range}.")
         self.eval_mode = eval_mode
         self.scale_range = (float(scale_range[0]), float(scale_range[1]))
         self.total_stride = total_stride

@@ -8,6 +8,8 @@ import torch
 from torch import nn
 from torchvision.transforms import v2
 
+from ..errors import ConfigError
+
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -38,7 +40,7 @@ class RandomCircularShift(nn.Module):
     def __init__(self, max_shift: int) -> None:
         super().__init__()
         if max_shift < 0:
-            raise ValueError(f"RandomCircularShift: max_shift must be >= 0, got {max_shift}.")
+            raise ConfigError(f"RandomCircularShift: max_shift must be >= 0, got {max_shift}.")
         self.max_shift = max_shift
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
@@ -62,7 +64,7 @@ def random_crop(size: int, padding: int, padding_mode: str) -> nn.Module:
     Must come after :class:`~torchvision.transforms.v2.ToImage`.
     """
     if padding_mode not in PADDING_MODES:
-        raise ValueError(f"Unknown crop padding_mode '{padding_mode}'; use one of {PADDING_MODES}.")
+        raise ConfigError(f"Unknown crop padding_mode '{padding_mode}'; use one of {PADDING_MODES}.")
     if padding_mode == "circular":
         return RandomCircularShift(padding)
     return v2.RandomCrop(size, padding=padding, padding_mode=padding_mode)

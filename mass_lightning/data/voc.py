@@ -7,7 +7,8 @@ from typing import Optional
 
 from torchvision import datasets
 
-from .io import DataError, check_files_exist, require_dir, require_file
+from ..errors import DataError
+from .io import check_files_exist, require_dir, require_file
 from .paths import DATA_ENV_VAR, resolve_root
 from .segmentation import SegmentationDataModule, Size
 

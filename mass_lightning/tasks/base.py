@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import math
+import os
 from functools import partial
-from typing import Any, Literal
+from pathlib import Path
+from typing import IO, Any, Literal, Optional, Union
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities.model_helpers import _restricted_classmethod
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
+from typing_extensions import Self
 
+from ..checkpoints import CONVERT_COMMAND, refuse_pickled_code
+from ..errors import CheckpointError, CheckpointNotFoundError, ConfigError
 from ..metrics import ShiftSampler, roll_per_sample
 
 __all__ = ["BaseTask", "Schedule", "lr_factor"]
@@ -66,7 +72,8 @@ class BaseTask(LightningModule):
 
     Subclasses take plain hyperparameters (strings, numbers), which
     :meth:`save_hyperparameters` stores in every checkpoint, so
-    ``Task.load_from_checkpoint(path)`` rebuilds the network without pickled modules.
+    ``Task.load_from_checkpoint(path)`` rebuilds the network without pickled modules, and
+    reads the checkpoint without running pickled code (see :meth:`load_from_checkpoint`).
     They implement :meth:`configure_models` (sets ``self.model``),
     :meth:`configure_losses` (sets ``self.criterion``), :meth:`task_metrics`,
     :meth:`consistency_metric` and :meth:`update_consistency`.
@@ -112,7 +119,7 @@ class BaseTask(LightningModule):
         self.save_hyperparameters()
         schedule = self.hparams.get("schedule", "cosine")
         if schedule not in SCHEDULES:
-            raise ValueError(f"{type(self).__name__}: schedule must be one of {SCHEDULES}, got {schedule!r}.")
+            raise ConfigError(f"{type(self).__name__}: schedule must be one of {SCHEDULES}, got {schedule!r}.")
         self.shift_sampler = ShiftSampler(int(self.hparams.get("consistency_seed", 0)))
         self.configure_models()
         self.configure_losses()
@@ -166,7 +173,7 @@ class BaseTask(LightningModule):
             expected = getattr(datamodule, name, None)
             configured = self.hparams.get(name)
             if isinstance(expected, int) and configured is not None and expected != configured:
-                raise ValueError(
+                raise ConfigError(
                     f"{type(self).__name__}: model {name}={configured} but the datamodule "
                     f"{type(datamodule).__name__} has {name}={expected}. Set model.init_args.{name}: {expected} "
                     "in the config (or --model.init_args." + name + f" {expected})."
@@ -179,6 +186,46 @@ class BaseTask(LightningModule):
             for name in self.pretrained_hparams:
                 if name in hparams:
                     hparams[name] = None
+
+    @_restricted_classmethod
+    def load_from_checkpoint(
+        cls,
+        checkpoint_path: Union[str, os.PathLike, IO],
+        map_location: Any = None,
+        hparams_file: Optional[Union[str, os.PathLike]] = None,
+        strict: Optional[bool] = None,
+        weights_only: Optional[bool] = True,
+        **kwargs: Any,
+    ) -> Self:
+        """Lightning's ``load_from_checkpoint``, reading only tensors and plain values.
+
+        The checkpoint is loaded with ``weights_only=True``: a file that holds pickled
+        Python objects (which could run code on load) is refused. Checkpoints saved by
+        these tasks hold none. Arguments are those of
+        :meth:`lightning.pytorch.LightningModule.load_from_checkpoint`.
+
+        Raises:
+            CheckpointNotFoundError: If ``checkpoint_path`` is a local path that is not a file.
+            UnsafeCheckpointError: If the checkpoint holds pickled Python objects; the
+                message says how to convert it.
+            CheckpointError: If ``weights_only=False`` is asked for.
+
+        Example:
+            >>> task = ClassificationTask.load_from_checkpoint("best.ckpt")  # doctest: +SKIP
+        """
+        if weights_only is False:
+            raise CheckpointError(
+                f"{cls.__name__}.load_from_checkpoint reads checkpoints with weights_only=True only, so that "
+                f"loading cannot run pickled code. Convert a trusted checkpoint with: {CONVERT_COMMAND} OLD NEW"
+            )
+        is_local_path = isinstance(checkpoint_path, (str, os.PathLike)) and "://" not in str(checkpoint_path)
+        if is_local_path and not Path(checkpoint_path).expanduser().is_file():  # type: ignore[arg-type]
+            raise CheckpointNotFoundError(f"Checkpoint {str(checkpoint_path)!r} does not exist or is not a file.")
+        with refuse_pickled_code(checkpoint_path if is_local_path else "<checkpoint>"):  # type: ignore[arg-type]
+            return super().load_from_checkpoint(
+                checkpoint_path, map_location=map_location, hparams_file=hparams_file, strict=strict,
+                weights_only=True, **kwargs,
+            )  # fmt: skip
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
@@ -194,7 +241,7 @@ class BaseTask(LightningModule):
         schedule = hparams.get("schedule", "cosine")
         total_steps = self.trainer.estimated_stepping_batches
         if schedule != "constant" and not math.isfinite(total_steps):
-            raise ValueError(
+            raise ConfigError(
                 f"{type(self).__name__}: the {schedule!r} schedule needs a finite run; set trainer.max_epochs or "
                 "trainer.max_steps, or use schedule: constant."
             )

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import re
 import runpy
 import sys
+import warnings
 from importlib.metadata import EntryPoint
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from rich.console import Console
 
 import mass_lightning.cli.lightning as lightning_cli
+from mass_lightning import console
+from mass_lightning.checkpoints import safe_load
 from mass_lightning.cli import DEBUG_ENV_VAR, FinalMetricsSummary, format_summary, lightning_main, main, run_cli
 from mass_lightning.data import data_root
 from mass_lightning.tasks import ClassificationTask
@@ -69,6 +74,8 @@ def test_checkpoint_then_validate_test_predict(in_tmp, tiny_config):
     cli = run_cli(["fit", *config_args(QUICKSTART, tiny)])
     checkpoint = cli.trainer.checkpoint_callback.best_model_path
     assert Path(checkpoint).is_file()
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(checkpoint) == []  # loads with weights_only=True
+    assert safe_load(checkpoint)["hyper_parameters"]["backbone"] == "resnet20"
     fitted = cli.model.eval()
 
     images = torch.cat([images for images, _ in cli.datamodule.predict_dataloader()])
@@ -78,6 +85,7 @@ def test_checkpoint_then_validate_test_predict(in_tmp, tiny_config):
 
     cli = run_cli(["validate", *config_args(QUICKSTART, tiny), "--ckpt_path", checkpoint])
     assert cli.trainer.callback_metrics["val/consistency"].item() == 1.0
+    assert cli.config_init["validate"]["weights_only"] is True  # Lightning loads it without unpickling objects
     cli = run_cli(["test", *config_args(QUICKSTART, tiny), "--ckpt_path", checkpoint])
     assert {"test/acc", "test/consistency", "test/loss"} <= set(cli.trainer.callback_metrics)
 
@@ -136,7 +144,7 @@ def test_unknown_backbone_is_one_clear_line(in_tmp, capsys):
         main(["fit", "--config", QUICKSTART, "--model.init_args.backbone", "resnet21"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert "mass-lightning: error: ValueError: Unknown backbone 'resnet21'. Available:" in err
+    assert "mass-lightning: error: ConfigError: Unknown backbone 'resnet21'. Available:" in err
     assert "Subtypes" not in err
 
 
@@ -154,6 +162,27 @@ def test_missing_dataset_folder(in_tmp, capsys, monkeypatch):
         main(args)
 
 
+def test_internal_error_keeps_its_traceback_while_a_bad_path_gets_one_line(in_tmp, tiny_config, monkeypatch,
+                                                                          capsys):
+    tiny = config_args(QUICKSTART, tiny_config("classification"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["validate", *tiny, "--ckpt_path", str(in_tmp / "no-such.ckpt")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "mass-lightning: error: CheckpointNotFoundError: Checkpoint" in err and "no-such.ckpt" in err
+
+    def shape_bug(self, batch, batch_idx):  # a genuine bug inside torch: batch sizes that do not match
+        images, labels = batch
+        return F.cross_entropy(self(images), labels[:1])
+
+    monkeypatch.setattr(ClassificationTask, "training_step", shape_bug)
+    with pytest.raises(ValueError, match="batch_size") as error_info:
+        main(["fit", *tiny, "--trainer.fast_dev_run", "1"])
+    assert not isinstance(error_info.value, SystemExit)
+    assert any(entry.name == "shape_bug" for entry in error_info.traceback)
+    assert "error:" not in capsys.readouterr().err
+
+
 def test_num_classes_mismatch(in_tmp, tiny_config, capsys):
     with pytest.raises(SystemExit):
         main(["fit", *config_args(QUICKSTART, tiny_config("classification", model={"num_classes": 10})),
@@ -161,6 +190,50 @@ def test_num_classes_mismatch(in_tmp, tiny_config, capsys):
     assert "model num_classes=10 but the datamodule PeriodicDefectsDataModule has num_classes=6" in (
         capsys.readouterr().err
     )
+
+
+def test_shipped_configs_are_found_from_any_folder(in_tmp, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", "configs/quickstart.yaml", "--config=configs/classification/methods/aps.yaml",
+              "--print_config"])  # fmt: skip
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "class_path: mass_lightning.tasks.ClassificationTask" in out and "method: aps" in out
+
+
+# ---------------------------------------------------------------- quick help
+def help_parts(text: str) -> tuple[str, list[str], dict[str, str]]:
+    """Usage line, option flags and ``{subcommand: description}`` of a top-level help text."""
+    usage = text.splitlines()[0]
+    flags = re.findall(r"^  (-\S+)", text, flags=re.M)
+    subcommands = dict(re.findall(r"^    (fit|validate|test|predict) +(.+)$", text, flags=re.M))
+    return usage, flags, subcommands
+
+
+@pytest.mark.parametrize("command", ["mass-lightning", "lightning"])
+def test_quick_help_matches_the_full_parser(command, capsys):
+    quick = console.main if command == "mass-lightning" else console.lightning_main
+    full = main if command == "mass-lightning" else lightning_main
+    with pytest.raises(SystemExit) as exit_info:
+        quick(["--help"])
+    assert exit_info.value.code == 0
+    quick_help = capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        full(["--help"])  # mass_lightning.cli builds the full LightningCLI
+    usage, flags, subcommands = help_parts(capsys.readouterr().out)
+    quick_usage, quick_flags, quick_subcommands = help_parts(quick_help)
+    assert (quick_usage, quick_flags) == (usage, flags) and usage.startswith(f"usage: {command} [-c CONFIG]")
+    assert list(quick_subcommands) == list(subcommands) == list(console.SUBCOMMANDS)
+    assert all(subcommands[name].startswith(text) for name, text in quick_subcommands.items())
+
+
+def test_lightning_help_warns_about_nothing(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["lightning", "fit", "--help"])
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(SystemExit):
+        warnings.simplefilter("always")
+        lightning_main()
+    assert not [w for w in caught if "args" in str(w.message)]
+    assert "usage: lightning [options] fit" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------- summary

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import mass_lightning
 from mass_lightning.data import (
     DATA_ENV_VAR,
     DataError,
@@ -33,9 +34,17 @@ def test_data_root_follows_the_environment_variable(tmp_path: Path, monkeypatch:
     assert resolve_root("$SOME_DIR/other", "x") == tmp_path / "other"
 
 
-def test_data_root_default_is_shared_data_next_to_the_repo(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_data_root_default_is_a_user_cache_outside_the_source_tree(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv(DATA_ENV_VAR, raising=False)
-    assert data_root().parts[-2:] == ("shared", "data")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert data_root() == tmp_path.resolve() / "mass_lightning" / "data"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert data_root() == (tmp_path / "home" / ".cache" / "mass_lightning" / "data").resolve()
+    package = Path(mass_lightning.__file__).resolve().parents[1]
+    assert package not in data_root().parents
 
 
 def test_read_rgb_and_labels(tmp_path: Path) -> None:
