@@ -39,6 +39,7 @@ from .periodic_defects import (
     PeriodicDefectsSegmentationDataModule,
     render_lattice,
 )
+from .predict import UnlabelledImages, find_images
 from .segmentation import SegmentationDataModule, SegmentationDataset
 from .transforms import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, RandomCircularShift
 from .voc import VOC_CLASSES, VOCSegmentationDataModule
@@ -79,12 +80,14 @@ __all__ = [
     "SEGMENTATION_CLASSES",
     "SegmentationDataModule",
     "SegmentationDataset",
+    "UnlabelledImages",
     "VOCSegmentationDataModule",
     "VOC_CLASSES",
     "camvid_label_map",
     "check_divisible",
     "data_root",
     "detect_cifar10_format",
+    "find_images",
     "deterministic_subset",
     "image_folder",
     "open_image",
