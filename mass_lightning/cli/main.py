@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+import warnings
+from pathlib import Path
+from typing import Any, Optional
 
 from lightning.pytorch import LightningDataModule, Trainer
-from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
-from lightning.pytorch.cli import ArgsType, LightningCLI
+from lightning.pytorch.callbacks import BasePredictionWriter, ProgressBar, RichProgressBar
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from ..data import DataError
-from ..tasks import BaseTask
+from ..tasks import BaseTask, PredictionWriter
 from .callbacks import FinalMetricsSummary
+from .config_errors import MassArgumentParser
+from .runs import RunFolder, ensure_last_checkpoint, run_folder, with_run_config
 
 __all__ = ["DEBUG_ENV_VAR", "MassLightningCLI", "main", "run_cli"]
 
@@ -29,12 +33,43 @@ DESCRIPTION = (
 
 
 class MassLightningCLI(LightningCLI):
-    """:class:`~lightning.pytorch.cli.LightningCLI` that adds two callbacks to every trainer.
+    """:class:`~lightning.pytorch.cli.LightningCLI` with one folder per run and default callbacks.
+
+    Every run gets one version folder shared by all loggers, with its checkpoints and
+    ``config.yaml`` (see :mod:`mass_lightning.cli.runs`); it is :attr:`run_dir`. A config
+    without loggers gets a CSV and a TensorBoard logger there. Every trainer gets:
 
     * a :class:`~lightning.pytorch.callbacks.RichProgressBar`, unless the config disables
       the progress bar or already lists a progress bar;
-    * a :class:`~mass_lightning.cli.FinalMetricsSummary`, unless the config lists one.
+    * a :class:`~mass_lightning.cli.FinalMetricsSummary`, unless the config lists one;
+    * a :class:`~mass_lightning.tasks.PredictionWriter`, unless the config lists a
+      prediction writer (``predict`` then writes ``predictions.csv`` into the run folder);
+    * ``save_last=True`` on monitored checkpoints (:func:`~mass_lightning.cli.runs.ensure_last_checkpoint`).
     """
+
+    run: Optional[RunFolder] = None
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        """Parse, reading a run's ``config.yaml`` for an evaluation of its checkpoint (:func:`with_run_config`)."""
+        given = sys.argv[1:] if args is None else args
+        if isinstance(given, (list, tuple)):
+            rewritten = with_run_config(given)
+            if rewritten != list(given):
+                with warnings.catch_warnings():  # args replaces sys.argv on purpose here
+                    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+                    super().parse_arguments(parser, rewritten)
+                return
+        super().parse_arguments(parser, args)
+
+    def instantiate_classes(self) -> None:
+        """Build model, data and trainer with the loggers pointed at the run folder."""
+        with run_folder(self.config, self.subcommand) as self.run:
+            super().instantiate_classes()
+
+    @property
+    def run_dir(self) -> Optional[Path]:
+        """The folder of this run: logs, ``config.yaml``, checkpoints, predictions."""
+        return self.run.path if self.run is not None else None
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """Build the trainer with the default callbacks added."""
@@ -45,6 +80,11 @@ class MassLightningCLI(LightningCLI):
             callbacks.append(RichProgressBar())
         if not any(isinstance(c, FinalMetricsSummary) for c in callbacks):
             callbacks.append(FinalMetricsSummary())
+        if not any(isinstance(c, BasePredictionWriter) for c in callbacks):
+            callbacks.append(PredictionWriter())
+        ensure_last_checkpoint(callbacks)
+        if self.run is not None and self.run.default_loggers and config.get("logger") in (None, True):
+            kwargs = {"logger": self.run.loggers(), **kwargs}
         return super().instantiate_trainer(**{"callbacks": callbacks, **kwargs})
 
 
@@ -76,6 +116,7 @@ def run_cli(
         save_config_kwargs={"overwrite": True},
         seed_everything_default=0,
         parser_kwargs={"prog": prog, "description": description},
+        parser_class=MassArgumentParser,
         args=args,
     )
 
