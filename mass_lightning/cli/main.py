@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -50,16 +49,11 @@ class MassLightningCLI(LightningCLI):
     run: Optional[RunFolder] = None
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
-        """Parse, reading a run's ``config.yaml`` for an evaluation of its checkpoint (:func:`with_run_config`)."""
-        given = sys.argv[1:] if args is None else args
-        if isinstance(given, (list, tuple)):
-            rewritten = with_run_config(given)
-            if rewritten != list(given):
-                with warnings.catch_warnings():  # args replaces sys.argv on purpose here
-                    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-                    super().parse_arguments(parser, rewritten)
-                return
-        super().parse_arguments(parser, args)
+        """Parse as LightningCLI does; an evaluation of a run's checkpoint reads the run's ``config.yaml``."""
+        if args is None:  # the command line (LightningCLI warns when given args and sys.argv)
+            self.config = parser.parse_args(with_run_config(sys.argv[1:]))
+        else:
+            super().parse_arguments(parser, with_run_config(args) if isinstance(args, (list, tuple)) else args)
 
     def instantiate_classes(self) -> None:
         """Build model, data and trainer with the loggers pointed at the run folder."""

@@ -116,7 +116,7 @@ class RunFolder:
     """Where one run writes: the folder, and the default loggers to add if the config lists none.
 
     Attributes:
-        path: The run folder (``None`` when the configured loggers are not file based).
+        path: The run folder (``None`` when the configured loggers write no local folder).
         save_dir: ``save_dir`` of the default loggers.
         version: ``version`` of the default loggers (``version_<n>``, or the subcommand).
         default_loggers: Whether the config lists no logger (``logger: null``/``true``), so
@@ -177,6 +177,9 @@ def _configure(section: Namespace, trainer: Namespace, subcommand: str) -> RunFo
     logger = trainer.get("logger")
     default_loggers = logger is None or logger is True
     specs = [spec for spec in (logger if isinstance(logger, list) else [logger]) if _is_folder_logger(spec)]
+    for spec in specs:
+        if not isinstance(spec.get("init_args"), Namespace):
+            spec["init_args"] = Namespace()
     if run is not None:
         trainer["default_root_dir"] = str(run / subcommand)
         for spec in specs:
@@ -190,8 +193,8 @@ def _configure(section: Namespace, trainer: Namespace, subcommand: str) -> RunFo
     version = next_version([Path(spec.init_args.save_dir) / (spec.init_args.get("name") or "") for spec in pending])
     for spec in pending:
         spec.init_args["version"] = version
-    if not specs:
-        return RunFolder(None, root, version, False)
+    if not specs:  # no logger (the trainer's folder is then the root) or loggers without a folder
+        return RunFolder(root if logger is False else None, root, version, False)
     first = specs[0].init_args
     name_version = first.version if isinstance(first.version, str) else f"version_{first.version}"
     return RunFolder(Path(first.save_dir) / (first.get("name") or "") / name_version, root, version, False)
@@ -201,8 +204,6 @@ def _is_folder_logger(spec: Any) -> bool:
     """Whether a logger entry of the config is a CSV or TensorBoard logger (folder ``save_dir/name/version``)."""
     if not isinstance(spec, Namespace) or not isinstance(spec.get("class_path"), str):
         return False
-    if not isinstance(spec.get("init_args"), Namespace):
-        spec["init_args"] = Namespace()
     module_name, _, name = spec.class_path.rpartition(".")
     try:
         logger_class = getattr(importlib.import_module(module_name), name)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..errors import ConfigError
 from .base import BaseDataModule
 from .predict import ImageTransform, normalize_uint8
 
@@ -134,7 +135,7 @@ def periodic_texture(rng: np.random.Generator, image_size: int, period: int) -> 
         (8, 8, 1)
     """
     if period < 1 or image_size % period:
-        raise ValueError(
+        raise ConfigError(
             f"texture_period={period} must be >= 1 and divide image_size={image_size} so that the texture wraps "
             "seamlessly."
         )
@@ -298,7 +299,7 @@ class _PeriodicDataset(Dataset):
         name = type(self).__name__
         self.cells = _check_geometry(name, image_size, period)
         if texture < 0:
-            raise ValueError(f"{name}: texture={texture} must be >= 0 (0 = no background texture).")
+            raise ConfigError(f"{name}: texture={texture} must be >= 0 (0 = no background texture).")
         if texture > 0:
             periodic_texture(np.random.default_rng(0), image_size, texture_period)  # checks the period
         if split not in _SPLIT_CODES:
