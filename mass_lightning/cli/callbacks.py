@@ -53,9 +53,9 @@ def describe_run(trainer: Trainer) -> list[str]:
 
     Example:
         >>> describe_run(trainer)  # doctest: +SKIP
-        ['Run folder: lightning_logs/quickstart/version_0',
+        ['Run folder: runs/version_0',
          '  checkpoints: best-epoch=2.ckpt (best val/acc), last.ckpt (last)',
-         '  back to this run: mass-lightning validate --ckpt_path lightning_logs/quickstart/version_0/checkpoints/last.ckpt']
+         '  back to this run: mass-lightning validate --ckpt_path runs/version_0/checkpoints/last.ckpt']
     """
     lines = [f"Run folder: {trainer.log_dir}"] if trainer.log_dir else []
     saved, last, monitors = [], None, []

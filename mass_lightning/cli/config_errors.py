@@ -78,12 +78,14 @@ def find_unknown_key(args: Sequence[str], cwd: Optional[Path] = None) -> Optiona
     """The first key of the given configs and flags that its target does not take, else ``None``.
 
     Looks at the ``--config`` files (relative to ``cwd``, default the working directory)
-    and ``--section.key value`` flags after the subcommand. The model and data classes are those of the last ``class_path`` given
+    and ``--section.key value`` flags after the subcommand. The model and data classes are
+    those of the last ``class_path`` given
     (as in jsonargparse, the last one wins); keys of classes that take ``**kwargs``, or
     whose ``class_path`` cannot be imported, are not checked.
 
     Example:
-        >>> find_unknown_key(["fit", "--config", "configs/quickstart.yaml", "--model.init_args.nesterow", "true"]).suggestion  # doctest: +SKIP
+        >>> args = ["fit", "--config", "configs/quickstart.yaml", "--model.init_args.nesterow", "true"]
+        >>> find_unknown_key(args).suggestion  # doctest: +SKIP
         'nesterov'
     """
     subcommand = next((arg for arg in args if arg in SUBCOMMANDS), None)

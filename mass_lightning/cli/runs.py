@@ -54,7 +54,7 @@ _VERSION = re.compile(r"^version_(\d+)$")
 
 
 def run_of_checkpoint(ckpt_path: Any) -> Optional[Path]:
-    """The run folder of a checkpoint saved as ``<run>/checkpoints/*.ckpt`` next to ``<run>/config.yaml``, else ``None``.
+    """The run folder of a checkpoint ``<run>/checkpoints/*.ckpt`` next to ``<run>/config.yaml``, else ``None``.
 
     Example:
         >>> run_of_checkpoint("lightning_logs/quickstart/version_0/checkpoints/last.ckpt")  # doctest: +SKIP
@@ -77,8 +77,8 @@ def with_run_config(args: Sequence[str]) -> list[str]:
     rebuilds the model and data of the run. Other arguments are returned unchanged.
 
     Example:
-        >>> with_run_config(["validate", "--ckpt_path", "runs/q/version_0/checkpoints/last.ckpt"])  # doctest: +SKIP
-        ['validate', '--config', 'runs/q/version_0/config.yaml', '--ckpt_path', 'runs/q/version_0/checkpoints/last.ckpt']
+        >>> with_run_config(["validate", "--ckpt_path", "runs/version_0/checkpoints/last.ckpt"])  # doctest: +SKIP
+        ['validate', '--config', 'runs/version_0/config.yaml', '--ckpt_path', 'runs/version_0/checkpoints/last.ckpt']
     """
     args = list(args)
     position = next((i for i, arg in enumerate(args) if arg in EVAL_SUBCOMMANDS), None)

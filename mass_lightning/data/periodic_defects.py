@@ -342,7 +342,8 @@ class _PeriodicDataset(Dataset):
         rng = self._rng(index)
         image, labels = render_lattice(self._params(index, rng), self.image_size, self.period)
         if self.texture > 0:
-            image = np.clip(image + self.texture * periodic_texture(rng, self.image_size, self.texture_period), 0.0, 1.0)
+            texture = periodic_texture(rng, self.image_size, self.texture_period)
+            image = np.clip(image + self.texture * texture, 0.0, 1.0)
         if noise and self.noise_std > 0:
             image = np.clip(image + rng.normal(0.0, self.noise_std, image.shape).astype(np.float32), 0.0, 1.0)
         return image, labels

@@ -172,7 +172,8 @@ class BaseTask(LightningModule):
         """
         super().__init__()
         with warnings.catch_warnings():  # a model instance is replaced below: checkpoints keep no pickled module
-            warnings.filterwarnings("ignore", message=f"Attribute '{self.network_hparam}' is an instance of `nn.Module`")
+            module_warning = f"Attribute '{self.network_hparam}' is an instance of `nn.Module`"
+            warnings.filterwarnings("ignore", message=module_warning)
             self.save_hyperparameters(ignore=["network"])
         schedule = self.hparams.get("schedule", "cosine")
         if schedule not in SCHEDULES:

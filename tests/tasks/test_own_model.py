@@ -194,3 +194,13 @@ def test_segmentation_task_takes_an_own_model(models, tmp_path):
     with torch.no_grad():
         shifted = task.eval()(torch.roll(x, (3, 5), dims=(2, 3)))
         torch.testing.assert_close(shifted, torch.roll(task(x), (3, 5), dims=(2, 3)))
+
+
+def test_segmentation_own_model_through_class_path(models, tiny_config):
+    segmentation = REPO_ROOT / "configs" / "segmentation" / "periodic_defects.yaml"
+    arch = {"class_path": f"{MODULE}.TinySegNet", "init_args": {"num_classes": 7}}
+    tiny = tiny_config("segmentation", model={"arch": arch})
+    cli = run_cli(["fit", "--config", str(segmentation), "--config", str(tiny), "--trainer.fast_dev_run", "1"])
+    assert type(cli.model.model).__name__ == "TinySegNet"
+    assert cli.model.hparams["arch"]["class_path"] == f"{MODULE}.TinySegNet"
+    assert cli.trainer.callback_metrics["val/mascc"].item() == 1.0
