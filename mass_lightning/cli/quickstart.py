@@ -16,6 +16,7 @@ under a circular shift) and the two run folders.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..data.paths import REPO_ROOT
-from ..errors import ConfigError
+from ..errors import ConfigError, MassLightningError
 from .main import run_cli
 
 __all__ = ["METHODS", "QuickstartRun", "main", "quickstart", "quickstart_table"]
@@ -153,4 +154,8 @@ def main(args: Optional[Sequence[str]] = None, console: Optional[Console] = None
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except MassLightningError as error:  # a missing config, a run without validation: one line, as the CLI does
+        print(f"quickstart: error: {type(error).__name__}: {error}", file=sys.stderr)
+        raise SystemExit(2) from error
