@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export NO_ALBUMENTATIONS_UPDATE := 1
 export MPLBACKEND := Agg
 
-.PHONY: install quickstart test test-fast benchmark clean
+.PHONY: install quickstart test test-fast benchmark notebooks clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Trains a baseline and a MASS ResNet-20 with the same schedule and prints their comparison.
 quickstart: $(STAMP)
-	$(BIN)/mass-lightning fit --config configs/quickstart.yaml
+	$(BIN)/python -m mass_lightning.cli.quickstart
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --durations=15
@@ -25,6 +26,10 @@ test: $(STAMP)
 benchmark: $(STAMP)
 	$(BIN)/python -m pip install -e ".[benchmarks]"
 	$(BIN)/python benchmarks/speed.py
+
+# Rebuilds and runs the notebooks, storing their outputs (the tests check them against a fresh run).
+notebooks: $(STAMP)
+	$(BIN)/python notebooks/make_notebooks.py
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -m "not slow"

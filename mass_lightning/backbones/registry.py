@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from torch import nn
 
@@ -28,23 +28,69 @@ def _register_builtin_backbones() -> None:
         from . import zoo  # noqa: F401  (registers on import)
 
 
-def register_backbone(name: str | None = None) -> Callable[[BuilderFn], BuilderFn]:
+@overload
+def register_backbone(name: BuilderFn, fn: None = None) -> BuilderFn: ...
+@overload
+def register_backbone(name: str | None = None, fn: None = None) -> Callable[[BuilderFn], BuilderFn]: ...
+@overload
+def register_backbone(name: str, fn: BuilderFn) -> BuilderFn: ...
+
+
+def register_backbone(name: Any = None, fn: Any = None) -> Any:
     """Register a builder ``fn(*, num_classes, weights, **kwargs) -> nn.Module`` under ``name``.
 
     The builder returns the *original* (zero-padded) network; :func:`get_backbone`
-    converts it. Raises :class:`~mass_lightning.errors.ConfigError` (a ``ValueError``) on a
-    duplicate name.
+    converts it. Three forms, all returning the builder unchanged::
+
+        @register_backbone                   # registered under the function's name
+        def tiny(*, num_classes=10, weights=None): ...
+
+        @register_backbone("tiny_v2")        # under another name
+        def build(*, num_classes=10, weights=None): ...
+
+        register_backbone("tiny_v3", build)  # without a decorator
+
+    Args:
+        name: The registry name, or the builder itself (bare decorator).
+        fn: The builder, to register without a decorator.
+
+    Raises:
+        ConfigError: on a duplicate name, a name that is not a non-empty string, or a
+            builder that is not callable (for example a model *instance* instead of
+            the function that builds it).
     """
+    if callable(name) and not isinstance(name, str):
+        if fn is not None:
+            raise ConfigError("register_backbone(fn) takes no second argument; use register_backbone('name', fn).")
+        return _register(getattr(name, "__name__", ""), name)
+    if name is not None and (not isinstance(name, str) or not name.strip()):
+        raise ConfigError(
+            f"register_backbone: the name must be a non-empty string, got {name!r}. Use @register_backbone, "
+            "@register_backbone('name') or register_backbone('name', fn)."
+        )
+    if fn is not None:
+        return _register(name or getattr(fn, "__name__", ""), fn)
 
-    def wrapper(fn: BuilderFn) -> BuilderFn:
-        key = name or fn.__name__
-        _register_builtin_backbones()
-        if key in _BACKBONES:
-            raise ConfigError(f"A backbone named {key!r} is already registered.")
-        _BACKBONES[key] = fn
-        return fn
+    def decorator(builder: BuilderFn) -> BuilderFn:
+        return _register(name or getattr(builder, "__name__", ""), builder)
 
-    return wrapper
+    return decorator
+
+
+def _register(name: str, fn: Any) -> Any:
+    """Add ``fn`` under ``name``; the checks behind every form of :func:`register_backbone`."""
+    _register_builtin_backbones()
+    if isinstance(fn, nn.Module) or not callable(fn):
+        raise ConfigError(
+            f"register_backbone({name!r}): expected a function or class that builds a model, got "
+            f"{type(fn).__name__}. Register the builder, not a model instance."
+        )
+    if not name or name == "<lambda>":
+        raise ConfigError("register_backbone: a lambda has no usable name; pass one: register_backbone('name', fn).")
+    if name in _BACKBONES:
+        raise ConfigError(f"A backbone named {name!r} is already registered.")
+    _BACKBONES[name] = fn
+    return fn
 
 
 def list_backbones() -> list[str]:

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from pathlib import Path
+from typing import Any, Optional
 
 from lightning.pytorch import LightningDataModule, Trainer
-from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
+from lightning.pytorch.callbacks import BasePredictionWriter, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from ..console import DESCRIPTION
 from ..errors import MassLightningError
-from ..tasks import BaseTask
+from ..tasks import BaseTask, PredictionWriter
 from .callbacks import FinalMetricsSummary
+from .config_errors import MassArgumentParser
 from .preflight import check_checkpoint_arguments, with_shipped_configs
+from .runs import RunFolder, ensure_last_checkpoint, run_folder, with_run_config
 
 __all__ = ["DEBUG_ENV_VAR", "MassLightningCLI", "main", "run_cli"]
 
@@ -27,24 +30,47 @@ USER_ERRORS: tuple[type[BaseException], ...] = (MassLightningError,)
 
 
 class MassLightningCLI(LightningCLI):
-    """:class:`~lightning.pytorch.cli.LightningCLI` that adds two callbacks to every trainer.
+    """:class:`~lightning.pytorch.cli.LightningCLI` with one folder per run and default callbacks.
+
+    Every run gets one version folder shared by all loggers, with its checkpoints and
+    ``config.yaml`` (see :mod:`mass_lightning.cli.runs`); it is :attr:`run_dir`. A config
+    without loggers gets a CSV and a TensorBoard logger there. Every trainer gets:
 
     * a :class:`~lightning.pytorch.callbacks.RichProgressBar`, unless the config disables
       the progress bar or already lists a progress bar;
-    * a :class:`~mass_lightning.cli.FinalMetricsSummary`, unless the config lists one.
+    * a :class:`~mass_lightning.cli.FinalMetricsSummary`, unless the config lists one;
+    * a :class:`~mass_lightning.tasks.PredictionWriter`, unless the config lists a
+      prediction writer (``predict`` then writes ``predictions.csv`` into the run folder);
+    * ``save_last=True`` on monitored checkpoints (:func:`~mass_lightning.cli.runs.ensure_last_checkpoint`).
 
     Before anything is built, ``--config configs/...`` paths missing from the working
-    directory are taken from the configs shipped with the package, and checkpoints are
-    only loaded with ``weights_only=True`` (see :mod:`mass_lightning.cli.preflight`).
+    directory are taken from the configs shipped with the package, an evaluation of a run's
+    checkpoint reads the run's ``config.yaml``, and checkpoints are only loaded with
+    ``weights_only=True`` (see :mod:`mass_lightning.cli.preflight`).
     """
 
+    run: Optional[RunFolder] = None
+
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
-        """Parse as LightningCLI does, with shipped configs found and checkpoint loading made safe."""
+        """Parse as LightningCLI does, with shipped configs found, a run's config read for its
+        checkpoint, and checkpoint loading made safe."""
         if args is None:  # the command line (LightningCLI warns when given args and sys.argv)
-            self.config = parser.parse_args(with_shipped_configs(sys.argv[1:]))
+            self.config = parser.parse_args(with_run_config(with_shipped_configs(sys.argv[1:])))
         else:
-            super().parse_arguments(parser, with_shipped_configs(args) if isinstance(args, (list, tuple)) else args)
+            if isinstance(args, (list, tuple)):
+                args = with_run_config(with_shipped_configs(args))
+            super().parse_arguments(parser, args)
         check_checkpoint_arguments(self.config)
+
+    def instantiate_classes(self) -> None:
+        """Build model, data and trainer with the loggers pointed at the run folder."""
+        with run_folder(self.config, self.subcommand) as self.run:
+            super().instantiate_classes()
+
+    @property
+    def run_dir(self) -> Optional[Path]:
+        """The folder of this run: logs, ``config.yaml``, checkpoints, predictions."""
+        return self.run.path if self.run is not None else None
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """Build the trainer with the default callbacks added."""
@@ -55,6 +81,11 @@ class MassLightningCLI(LightningCLI):
             callbacks.append(RichProgressBar())
         if not any(isinstance(c, FinalMetricsSummary) for c in callbacks):
             callbacks.append(FinalMetricsSummary())
+        if not any(isinstance(c, BasePredictionWriter) for c in callbacks):
+            callbacks.append(PredictionWriter())
+        ensure_last_checkpoint(callbacks)
+        if self.run is not None and self.run.default_loggers and config.get("logger") in (None, True):
+            kwargs = {"logger": self.run.loggers(), **kwargs}
         return super().instantiate_trainer(**{"callbacks": callbacks, **kwargs})
 
 
@@ -86,6 +117,7 @@ def run_cli(
         save_config_kwargs={"overwrite": True},
         seed_everything_default=0,
         parser_kwargs={"prog": prog, "description": description},
+        parser_class=MassArgumentParser,
         args=args,
     )
 

@@ -41,6 +41,7 @@ from .periodic_defects import (
     PeriodicDefectsSegmentationDataModule,
     render_lattice,
 )
+from .predict import UnlabelledImages, find_images
 from .segmentation import SegmentationDataModule, SegmentationDataset
 from .transforms import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, RandomCircularShift
 from .voc import VOC_CLASSES, VOCSegmentationDataModule
@@ -82,6 +83,7 @@ __all__ = [
     "SEGMENTATION_CLASSES",
     "SegmentationDataModule",
     "SegmentationDataset",
+    "UnlabelledImages",
     "VOCSegmentationDataModule",
     "VOC_CLASSES",
     "camvid_label_map",
@@ -89,6 +91,7 @@ __all__ = [
     "data_root",
     "default_data_root",
     "detect_cifar10_format",
+    "find_images",
     "deterministic_subset",
     "image_folder",
     "open_image",

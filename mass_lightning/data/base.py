@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import lightning.pytorch as pl
@@ -11,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..errors import ConfigError, InputSizeError
+from .predict import ImageTransform, UnlabelledImages, collate_unlabelled
 
 SPLITS = ("train", "val", "test")
 
@@ -101,8 +103,11 @@ class BaseDataModule(pl.LightningDataModule):
 
     Subclasses implement :meth:`build_dataset` for ``"train"``, ``"val"`` and
     ``"test"`` and set ``num_classes`` (and ``ignore_index`` for segmentation).
-    Batches are ``(image, target)``; :meth:`predict_dataloader` serves the test
-    split with the same batches.
+    Batches are ``(image, target)``.
+
+    :meth:`predict_dataloader` serves the images of ``predict_dir`` when it is set (a
+    folder of unlabelled images, read with :meth:`predict_transform`, as
+    ``{"image": tensor, "path": list}`` batches), else the test split.
 
     Args:
         batch_size: Images per batch.
@@ -110,6 +115,8 @@ class BaseDataModule(pl.LightningDataModule):
         seed: Seeds shuffling, worker RNGs and any random subset.
         pin_memory: Pin host memory; ``None`` = only when CUDA is available.
         drop_last: Drop the last incomplete training batch.
+        predict_dir: Folder of new, unlabelled images for ``predict`` (sub-folders are
+            searched too); ``None`` predicts on the test split.
 
     Example:
         >>> from torch.utils.data import TensorDataset
@@ -131,6 +138,7 @@ class BaseDataModule(pl.LightningDataModule):
         seed: int = 0,
         pin_memory: Optional[bool] = None,
         drop_last: bool = False,
+        predict_dir: Optional[str] = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -142,6 +150,7 @@ class BaseDataModule(pl.LightningDataModule):
         self.seed = seed
         self.pin_memory = pin_memory
         self.drop_last = drop_last
+        self.predict_dir = Path(predict_dir).expanduser() if predict_dir else None
         self.datasets: dict[str, Dataset] = {}
         self._train_generator = torch.Generator().manual_seed(seed)
 
@@ -155,7 +164,7 @@ class BaseDataModule(pl.LightningDataModule):
             "fit": ("train", "val"),
             "validate": ("val",),
             "test": ("test",),
-            "predict": ("test",),
+            "predict": () if self.predict_dir else ("test",),
         }.get(stage or "", SPLITS)
         for split in needed:
             self.dataset(split)
@@ -197,6 +206,28 @@ class BaseDataModule(pl.LightningDataModule):
         """Test batches, in order."""
         return self._loader("test", shuffle=False)
 
+    def predict_transform(self) -> ImageTransform:
+        """How one new ``(H, W, 3)`` ``uint8`` RGB image becomes a model input: the evaluation transform.
+
+        Subclasses that support ``predict_dir`` implement it (resize or crop as in
+        evaluation, then normalise).
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot read new images yet (predict_dir): it does not implement "
+            "predict_transform()."
+        )
+
     def predict_dataloader(self) -> DataLoader:
-        """The test split, in order, as ``(image, target)`` batches."""
-        return self._loader("test", shuffle=False)
+        """Images of ``predict_dir`` as ``{"image", "path"}`` batches, else the test split as ``(image, target)``."""
+        if self.predict_dir is None:
+            return self._loader("test", shuffle=False)
+        pin_memory = torch.cuda.is_available() if self.pin_memory is None else self.pin_memory
+        return DataLoader(
+            UnlabelledImages(self.predict_dir, self.predict_transform()),
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            pin_memory=pin_memory,
+            collate_fn=collate_unlabelled,
+            worker_init_fn=seed_worker,
+        )

@@ -61,6 +61,8 @@ class CamVidDataModule(SegmentationDataModule):
         seed: Seeds shuffling, augmentation and subsets.
         pin_memory: Pin host memory; ``None`` = when CUDA is available.
         drop_last: Drop the last incomplete training batch.
+        predict_dir: Folder of new, unlabelled images for ``predict`` (read like the
+            evaluation images); ``None`` predicts on the test split.
 
     Example:
         >>> dm = CamVidDataModule(max_samples=4, batch_size=2, num_workers=0)
@@ -86,10 +88,11 @@ class CamVidDataModule(SegmentationDataModule):
         seed: int = 0,
         pin_memory: Optional[bool] = None,
         drop_last: bool = True,
+        predict_dir: Optional[str] = None,
     ) -> None:
         super().__init__(
             crop_size, eval_size, eval_mode, scale_range, total_stride, max_samples,
-            batch_size, num_workers, seed, pin_memory, drop_last,
+            batch_size, num_workers, seed, pin_memory, drop_last, predict_dir,
         )  # fmt: skip
         self.root = resolve_root(root, "camvid")
         self.label_map = camvid_label_map(self.ignore_index)

@@ -13,6 +13,7 @@ from torchvision.transforms import v2
 from ..errors import ConfigError, DataError, DatasetNotFoundError
 from .base import BaseDataModule, deterministic_subset
 from .io import image_folder
+from .predict import ImageTransform, tensor_transform
 from .paths import DATA_ENV_VAR, resolve_root
 from .transforms import CIFAR10_MEAN, CIFAR10_STD, PADDING_MODES, random_crop
 
@@ -100,6 +101,8 @@ class CIFAR10DataModule(BaseDataModule):
         seed: Seeds shuffling, the held-out split and subsets.
         pin_memory: Pin host memory; ``None`` = when CUDA is available.
         drop_last: Drop the last incomplete training batch.
+        predict_dir: Folder of new, unlabelled images for ``predict`` (read like the
+            evaluation images); ``None`` predicts on the test split.
 
     Example:
         >>> dm = CIFAR10DataModule(max_samples=64, batch_size=16, num_workers=0)  # doctest: +SKIP
@@ -129,8 +132,9 @@ class CIFAR10DataModule(BaseDataModule):
         seed: int = 0,
         pin_memory: Optional[bool] = None,
         drop_last: bool = False,
+        predict_dir: Optional[str] = None,
     ) -> None:
-        super().__init__(batch_size, num_workers, seed, pin_memory, drop_last)
+        super().__init__(batch_size, num_workers, seed, pin_memory, drop_last, predict_dir)
         if isinstance(val_split, str) and val_split != "test":
             try:
                 val_split = float(val_split)
@@ -181,6 +185,10 @@ class CIFAR10DataModule(BaseDataModule):
             steps.append(v2.RandomHorizontalFlip())
         steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(self.mean), list(self.std))]
         return v2.Compose(steps)
+
+    def predict_transform(self) -> ImageTransform:
+        """The evaluation transform (normalise; no resizing: new images should be 32x32 like CIFAR-10)."""
+        return tensor_transform(self.transform(train=False))
 
     def _split_dataset(self, train: bool, transform: Callable) -> Dataset:
         """The official train or test split with ``transform``."""

@@ -11,6 +11,7 @@ from torchvision.transforms import v2
 from ..errors import ConfigError, DataError, DatasetNotFoundError
 from .base import BaseDataModule, check_divisible, deterministic_subset
 from .io import image_folder
+from .predict import ImageTransform, tensor_transform
 from .paths import DATA_ENV_VAR, resolve_root
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -40,6 +41,8 @@ class ImageNetDataModule(BaseDataModule):
         seed: Seeds shuffling and subsets.
         pin_memory: Pin host memory; ``None`` = when CUDA is available.
         drop_last: Drop the last incomplete training batch.
+        predict_dir: Folder of new, unlabelled images for ``predict`` (read like the
+            evaluation images); ``None`` predicts on the test split.
 
     Example:
         >>> dm = ImageNetDataModule(root="/data/imagenet", crop_size=224)  # doctest: +SKIP
@@ -64,8 +67,9 @@ class ImageNetDataModule(BaseDataModule):
         seed: int = 0,
         pin_memory: Optional[bool] = None,
         drop_last: bool = False,
+        predict_dir: Optional[str] = None,
     ) -> None:
-        super().__init__(batch_size, num_workers, seed, pin_memory, drop_last)
+        super().__init__(batch_size, num_workers, seed, pin_memory, drop_last, predict_dir)
         check_divisible("ImageNetDataModule", "crop_size", crop_size, total_stride)
         if resize_size < crop_size:
             raise ConfigError(
@@ -115,6 +119,10 @@ class ImageNetDataModule(BaseDataModule):
         return v2.Compose(
             [v2.ToImage(), *steps, v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(self.mean), list(self.std))]
         )
+
+    def predict_transform(self) -> ImageTransform:
+        """The evaluation transform: resize to ``resize_size``, centre crop ``crop_size``, normalise."""
+        return tensor_transform(self.transform(train=False))
 
     def build_dataset(self, split: str) -> Dataset:
         if split == "test":

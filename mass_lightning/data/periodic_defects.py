@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 
 from ..errors import ConfigError
 from .base import BaseDataModule
+from .predict import ImageTransform, normalize_uint8
 
 DEFECT_TYPES = ("none", "missing", "extra", "bridge", "shifted", "size")
 """Classification labels: no defect, a pad removed, a particle between pads, two
@@ -119,6 +120,29 @@ def _pad(dy: np.ndarray, dx: np.ndarray, radius: float, exponent: float) -> np.n
 def _quarter(value: float) -> float:
     """Round to a multiple of 1/4 pixel (exact in binary floating point)."""
     return round(value * 4) / 4
+
+
+def periodic_texture(rng: np.random.Generator, image_size: int, period: int) -> np.ndarray:
+    """A random zero-mean texture that repeats every ``period`` pixels, as ``(H, W, 1)`` in [-0.5, 0.5].
+
+    One random ``period x period`` tile, tiled over the image: the fine, regular surface
+    structure (grain, metal lines) that an inspection camera sees under the pads. With a
+    period of 2 or 3 pixels it holds frequencies close to the sampling limit, which a
+    stride-2 layer aliases.
+
+    Example:
+        >>> periodic_texture(np.random.default_rng(0), 8, 2).shape
+        (8, 8, 1)
+    """
+    if period < 1 or image_size % period:
+        raise ConfigError(
+            f"texture_period={period} must be >= 1 and divide image_size={image_size} so that the texture wraps "
+            "seamlessly."
+        )
+    tile = rng.uniform(-0.5, 0.5, size=(period, period))
+    tile -= tile.mean()
+    reps = image_size // period
+    return np.tile(tile, (reps, reps))[..., None].astype(np.float32)
 
 
 def render_lattice(params: LatticeParams, image_size: int, period: int) -> tuple[np.ndarray, np.ndarray]:
@@ -269,9 +293,15 @@ class _PeriodicDataset(Dataset):
         color: bool,
         channels: int,
         normalize: bool,
+        texture: float = 0.0,
+        texture_period: int = 2,
     ) -> None:
         name = type(self).__name__
         self.cells = _check_geometry(name, image_size, period)
+        if texture < 0:
+            raise ConfigError(f"{name}: texture={texture} must be >= 0 (0 = no background texture).")
+        if texture > 0:
+            periodic_texture(np.random.default_rng(0), image_size, texture_period)  # checks the period
         if split not in _SPLIT_CODES:
             raise ConfigError(f"{name}: split must be one of {tuple(_SPLIT_CODES)}, got '{split}'.")
         if num_samples < 0 or channels < 1 or noise_std < 0:
@@ -285,6 +315,8 @@ class _PeriodicDataset(Dataset):
         self.color = color
         self.channels = channels
         self.normalize = normalize
+        self.texture = texture
+        self.texture_period = texture_period
 
     def __len__(self) -> int:
         return self.num_samples
@@ -309,6 +341,9 @@ class _PeriodicDataset(Dataset):
         """``(image, labels)`` of item ``index`` as in :func:`render_lattice`, plus noise if asked."""
         rng = self._rng(index)
         image, labels = render_lattice(self._params(index, rng), self.image_size, self.period)
+        if self.texture > 0:
+            texture = periodic_texture(rng, self.image_size, self.texture_period)
+            image = np.clip(image + self.texture * texture, 0.0, 1.0)
         if noise and self.noise_std > 0:
             image = np.clip(image + rng.normal(0.0, self.noise_std, image.shape).astype(np.float32), 0.0, 1.0)
         return image, labels
@@ -337,6 +372,9 @@ class PeriodicDefects(_PeriodicDataset):
         color: Random colour tints; ``False`` gives grey images.
         channels: Image channels.
         normalize: Normalise with :data:`MEAN` / :data:`STD`; ``False`` returns [0, 1].
+        texture: Contrast of a fine periodic background texture (see :func:`periodic_texture`);
+            0 draws none. Images without texture are the same as before the option existed.
+        texture_period: Period of that texture in pixels; must divide ``image_size``.
 
     Shape:
         - Image: ``(channels, image_size, image_size)`` ``float32``.
@@ -362,8 +400,12 @@ class PeriodicDefects(_PeriodicDataset):
         color: bool = False,
         channels: int = 3,
         normalize: bool = True,
+        texture: float = 0.0,
+        texture_period: int = 2,
     ) -> None:
-        super().__init__(num_samples, image_size, period, split, seed, noise_std, color, channels, normalize)
+        super().__init__(
+            num_samples, image_size, period, split, seed, noise_std, color, channels, normalize, texture, texture_period
+        )
 
     def _defect_kinds(self, index: int, rng: np.random.Generator) -> tuple[str, ...]:
         return (DEFECT_TYPES[index % len(DEFECT_TYPES)],)
@@ -397,6 +439,8 @@ class PeriodicDefectsSegmentation(_PeriodicDataset):
         color: Random colour tints.
         channels: Image channels.
         normalize: Normalise with :data:`MEAN` / :data:`STD`.
+        texture: Contrast of a fine periodic background texture; 0 draws none.
+        texture_period: Period of that texture in pixels; must divide ``image_size``.
 
     Shape:
         - Image: ``(channels, image_size, image_size)`` ``float32``.
@@ -424,8 +468,12 @@ class PeriodicDefectsSegmentation(_PeriodicDataset):
         color: bool = False,
         channels: int = 3,
         normalize: bool = True,
+        texture: float = 0.0,
+        texture_period: int = 2,
     ) -> None:
-        super().__init__(num_samples, image_size, period, split, seed, noise_std, color, channels, normalize)
+        super().__init__(
+            num_samples, image_size, period, split, seed, noise_std, color, channels, normalize, texture, texture_period
+        )
         if not 0 <= min_defects <= max_defects:
             raise ConfigError(
                 f"PeriodicDefectsSegmentation: need 0 <= min_defects <= max_defects, got {min_defects}, {max_defects}."
@@ -453,11 +501,15 @@ class PeriodicDefectsDataModule(BaseDataModule):
         period: Lattice period in pixels.
         noise_std: Pixel noise standard deviation.
         color: Random colour tints.
+        texture: Contrast of a fine periodic background texture; 0 draws none.
+        texture_period: Period of that texture in pixels; must divide ``image_size``.
         batch_size: Images per batch.
         num_workers: Loader worker processes.
         seed: Seeds the images (per split and index) and the shuffling.
         pin_memory: Pin host memory; ``None`` = when CUDA is available.
         drop_last: Drop the last incomplete training batch.
+        predict_dir: Folder of new, unlabelled images (e.g. JPEGs of this generator's
+            images) for ``predict``; ``None`` predicts on the test split.
 
     Example:
         >>> dm = PeriodicDefectsDataModule(num_train=8, num_val=4, num_test=4, batch_size=4)
@@ -479,24 +531,34 @@ class PeriodicDefectsDataModule(BaseDataModule):
         period: int = 8,
         noise_std: float = 0.03,
         color: bool = False,
+        texture: float = 0.0,
+        texture_period: int = 2,
         batch_size: int = 128,
         num_workers: int = 0,
         seed: int = 0,
         pin_memory: Optional[bool] = None,
         drop_last: bool = False,
+        predict_dir: Optional[str] = None,
     ) -> None:
-        super().__init__(batch_size, num_workers, seed, pin_memory, drop_last)
+        super().__init__(batch_size, num_workers, seed, pin_memory, drop_last, predict_dir)
         _check_geometry(type(self).__name__, image_size, period)
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}
         self.image_size = image_size
         self.period = period
         self.noise_std = noise_std
         self.color = color
+        self.texture = texture
+        self.texture_period = texture_period
+
+    def predict_transform(self) -> ImageTransform:
+        """Scale to [0, 1] and normalise with :data:`MEAN` / :data:`STD`, as the generated images."""
+        return normalize_uint8((MEAN,) * 3, (STD,) * 3)
 
     def build_dataset(self, split: str) -> Dataset:
         return PeriodicDefects(
-            self.sizes[split], self.image_size, self.period, split, self.seed, self.noise_std, self.color
-        )
+            self.sizes[split], self.image_size, self.period, split, self.seed, self.noise_std, self.color,
+            texture=self.texture, texture_period=self.texture_period,
+        )  # fmt: skip
 
 
 class PeriodicDefectsSegmentationDataModule(BaseDataModule):
@@ -513,11 +575,15 @@ class PeriodicDefectsSegmentationDataModule(BaseDataModule):
         max_defects: Most defects per image.
         noise_std: Pixel noise standard deviation.
         color: Random colour tints.
+        texture: Contrast of a fine periodic background texture; 0 draws none.
+        texture_period: Period of that texture in pixels; must divide ``image_size``.
         batch_size: Images per batch.
         num_workers: Loader worker processes.
         seed: Seeds the images and the shuffling.
         pin_memory: Pin host memory; ``None`` = when CUDA is available.
         drop_last: Drop the last incomplete training batch.
+        predict_dir: Folder of new, unlabelled images (e.g. JPEGs of this generator's
+            images) for ``predict``; ``None`` predicts on the test split.
 
     Example:
         >>> dm = PeriodicDefectsSegmentationDataModule(num_train=4, num_val=2, num_test=2, batch_size=2)
@@ -542,13 +608,16 @@ class PeriodicDefectsSegmentationDataModule(BaseDataModule):
         max_defects: int = 3,
         noise_std: float = 0.03,
         color: bool = False,
+        texture: float = 0.0,
+        texture_period: int = 2,
         batch_size: int = 32,
         num_workers: int = 0,
         seed: int = 0,
         pin_memory: Optional[bool] = None,
         drop_last: bool = False,
+        predict_dir: Optional[str] = None,
     ) -> None:
-        super().__init__(batch_size, num_workers, seed, pin_memory, drop_last)
+        super().__init__(batch_size, num_workers, seed, pin_memory, drop_last, predict_dir)
         _check_geometry(type(self).__name__, image_size, period)
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}
         self.image_size = image_size
@@ -557,6 +626,12 @@ class PeriodicDefectsSegmentationDataModule(BaseDataModule):
         self.max_defects = max_defects
         self.noise_std = noise_std
         self.color = color
+        self.texture = texture
+        self.texture_period = texture_period
+
+    def predict_transform(self) -> ImageTransform:
+        """Scale to [0, 1] and normalise with :data:`MEAN` / :data:`STD`, as the generated images."""
+        return normalize_uint8((MEAN,) * 3, (STD,) * 3)
 
     def build_dataset(self, split: str) -> Dataset:
         return PeriodicDefectsSegmentation(
@@ -569,4 +644,6 @@ class PeriodicDefectsSegmentationDataModule(BaseDataModule):
             self.max_defects,
             self.noise_std,
             self.color,
+            texture=self.texture,
+            texture_period=self.texture_period,
         )

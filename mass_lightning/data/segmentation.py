@@ -18,6 +18,8 @@ from .base import BaseDataModule, check_divisible, deterministic_subset
 from .io import read_label, read_rgb
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
+from .predict import ImageTransform
+
 if TYPE_CHECKING:
     import albumentations as A
 
@@ -178,6 +180,8 @@ class SegmentationDataModule(BaseDataModule):
         seed: Seeds shuffling, augmentation and subsets.
         pin_memory: Pin host memory; ``None`` = when CUDA is available.
         drop_last: Drop the last incomplete training batch.
+        predict_dir: Folder of new, unlabelled images for ``predict`` (read like the
+            evaluation images); ``None`` predicts on the test split.
     """
 
     ignore_index = 255
@@ -197,8 +201,9 @@ class SegmentationDataModule(BaseDataModule):
         seed: int = 0,
         pin_memory: Optional[bool] = None,
         drop_last: bool = True,
+        predict_dir: Optional[str] = None,
     ) -> None:
-        super().__init__(batch_size, num_workers, seed, pin_memory, drop_last)
+        super().__init__(batch_size, num_workers, seed, pin_memory, drop_last, predict_dir)
         owner = type(self).__name__
         self.crop_size = check_divisible(owner, "crop_size", crop_size, total_stride)
         self.eval_size = check_divisible(owner, "eval_size", eval_size, total_stride)
@@ -227,6 +232,15 @@ class SegmentationDataModule(BaseDataModule):
                 self.crop_size, self.scale_range, self.ignore_index, seed=self.seed
             )
         return segmentation_eval_transform(self.eval_size, self.eval_mode, self.ignore_index)
+
+    def predict_transform(self) -> ImageTransform:
+        """The evaluation transform (``eval_mode`` to ``eval_size``, normalise) of one image without label map."""
+        pipeline = segmentation_eval_transform(self.eval_size, self.eval_mode, self.ignore_index)
+
+        def transform(image: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(pipeline(image=image)["image"].transpose(2, 0, 1)))
+
+        return transform
 
     def build_dataset(self, split: str) -> Dataset:
         dataset = SegmentationDataset(self.samples(split), self.transform(split), self.label_map)

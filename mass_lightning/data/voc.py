@@ -72,6 +72,8 @@ class VOCSegmentationDataModule(SegmentationDataModule):
         seed: Seeds shuffling, augmentation and subsets.
         pin_memory: Pin host memory; ``None`` = when CUDA is available.
         drop_last: Drop the last incomplete training batch.
+        predict_dir: Folder of new, unlabelled images for ``predict`` (read like the
+            evaluation images); ``None`` predicts on the test split.
 
     Example:
         >>> dm = VOCSegmentationDataModule(root="/data/voc", batch_size=8)  # doctest: +SKIP
@@ -100,10 +102,11 @@ class VOCSegmentationDataModule(SegmentationDataModule):
         seed: int = 0,
         pin_memory: Optional[bool] = None,
         drop_last: bool = True,
+        predict_dir: Optional[str] = None,
     ) -> None:
         super().__init__(
             crop_size, eval_size, eval_mode, scale_range, total_stride, max_samples,
-            batch_size, num_workers, seed, pin_memory, drop_last,
+            batch_size, num_workers, seed, pin_memory, drop_last, predict_dir,
         )  # fmt: skip
         self.root = resolve_root(root, "voc")
         self.download = download

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
+from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import IO, Any, Literal, Optional, Union
@@ -17,14 +19,51 @@ from torchmetrics import Metric, MetricCollection
 from typing_extensions import Self
 
 from ..checkpoints import CONVERT_COMMAND, refuse_pickled_code
+from ..conversion import convert
 from ..errors import CheckpointError, CheckpointNotFoundError, ConfigError
 from ..metrics import ShiftSampler, roll_per_sample
 
-__all__ = ["BaseTask", "Schedule", "lr_factor"]
+__all__ = ["BaseTask", "Network", "Schedule", "lr_factor", "network_name", "shift_columns"]
+
+Network = Union[str, nn.Module]
+"""A registry name, or your own model (an instance, or ``class_path``/``init_args`` in a config)."""
+
+_INSTANCE_PREFIX = "instance of "
+
+
+def network_name(value: Any) -> str:
+    """A short name for a network hyperparameter: the registry name or the model's class name.
+
+    Example:
+        >>> network_name("resnet20"), network_name({"class_path": "my_models.TinyNet", "init_args": {}})
+        ('resnet20', 'TinyNet')
+    """
+    if isinstance(value, nn.Module):
+        return type(value).__name__
+    if isinstance(value, Mapping) and "class_path" in value:
+        return str(value["class_path"]).rsplit(".", 1)[-1]
+    if isinstance(value, str) and value.startswith(_INSTANCE_PREFIX):
+        return value[len(_INSTANCE_PREFIX) :].rsplit(".", 1)[-1]
+    return str(value)
 
 Schedule = Literal["cosine", "poly", "constant"]
 SCHEDULES: tuple[str, ...] = ("cosine", "poly", "constant")
 EVAL_SPLITS: tuple[str, ...] = ("val", "test")
+
+
+def shift_columns(predictions: Mapping[str, Tensor], index: int, column: str) -> dict[str, str]:
+    """The shift columns of one prediction row: ``column`` (is it unchanged?), ``shift_a``, ``shift_b``.
+
+    ``column`` is ``True``/``False`` for a class and the fraction of unchanged pixels for
+    a label map; the shifts are ``(dy, dx)`` in pixels. All three are empty when the
+    shifted predictions were skipped (``eval_consistency: false``).
+    """
+    if "shift_a" not in predictions:
+        return {column: "", "shift_a": "", "shift_b": ""}
+    unchanged = predictions["unchanged"][index]
+    value = str(bool(unchanged)) if unchanged.dtype == torch.bool else f"{float(unchanged):.6f}"
+    shift_a, shift_b = (tuple(int(v) for v in predictions[key][index]) for key in ("shift_a", "shift_b"))
+    return {column: value, "shift_a": str(shift_a), "shift_b": str(shift_b)}
 
 
 def lr_factor(
@@ -74,9 +113,23 @@ class BaseTask(LightningModule):
     :meth:`save_hyperparameters` stores in every checkpoint, so
     ``Task.load_from_checkpoint(path)`` rebuilds the network without pickled modules, and
     reads the checkpoint without running pickled code (see :meth:`load_from_checkpoint`).
-    They implement :meth:`configure_models` (sets ``self.model``),
+    They implement :meth:`configure_models` (sets ``self.model`` from a registry name),
     :meth:`configure_losses` (sets ``self.criterion``), :meth:`task_metrics`,
-    :meth:`consistency_metric` and :meth:`update_consistency`.
+    :meth:`consistency_metric`, :meth:`update_consistency`, :meth:`summarize_predictions`
+    and :meth:`prediction_rows`.
+
+    Your own model: the network hyperparameter (``backbone``, ``arch``; the subclass's
+    :attr:`network_hparam`) also takes an ``nn.Module``. It is converted with
+    :func:`~mass_lightning.convert` and the task's ``method`` and ``antialias`` (see
+    :meth:`convert_network`) instead of going through :meth:`configure_models`.
+
+    * In a config, give it as ``class_path``/``init_args``: the checkpoint then stores
+      that dict, and both ``mass-lightning validate --config <run>/config.yaml
+      --ckpt_path ...`` and ``Task.load_from_checkpoint(path)`` rebuild the model.
+    * In Python, pass an instance: ``ClassificationTask(backbone=MyNet(), ...)``. The
+      checkpoint stores ``"instance of my_package.MyNet"`` in its place (no pickled
+      module), so load it with a fresh, unconverted instance of the same model:
+      ``ClassificationTask.load_from_checkpoint(path, backbone=MyNet())``.
 
     Every subclass takes these shared hyperparameters (read from ``self.hparams``):
     ``lr``, ``momentum``, ``weight_decay``, ``nesterov`` (SGD), ``schedule`` and
@@ -109,25 +162,73 @@ class BaseTask(LightningModule):
     pretrained_hparams: tuple[str, ...] = ()
     #: Name of the consistency metric in the logs (``val/<consistency_name>``).
     consistency_name: str = "consistency"
+    #: The hyperparameter that names the network (a registry name or your own model).
+    network_hparam: str = "backbone"
 
     model: nn.Module
     criterion: nn.Module
 
-    def __init__(self) -> None:
-        """Save the subclass's ``__init__`` arguments as hyperparameters and call the hooks."""
+    def __init__(self, network: Optional[Network] = None) -> None:
+        """Save the subclass's ``__init__`` arguments as hyperparameters and build the model, loss and metrics.
+
+        Args:
+            network: The subclass's network argument when it is an ``nn.Module`` (your own
+                model); a registry name goes through :meth:`configure_models` instead.
+        """
         super().__init__()
-        self.save_hyperparameters()
+        with warnings.catch_warnings():  # a model instance is replaced below: checkpoints keep no pickled module
+            module_warning = f"Attribute '{self.network_hparam}' is an instance of `nn.Module`"
+            warnings.filterwarnings("ignore", message=module_warning)
+            self.save_hyperparameters(ignore=["network"])
         schedule = self.hparams.get("schedule", "cosine")
         if schedule not in SCHEDULES:
             raise ConfigError(f"{type(self).__name__}: schedule must be one of {SCHEDULES}, got {schedule!r}.")
         self.shift_sampler = ShiftSampler(int(self.hparams.get("consistency_seed", 0)))
-        self.configure_models()
+        if isinstance(network, nn.Module):
+            if isinstance(self.hparams.get(self.network_hparam), nn.Module):  # an instance, not a config's class_path
+                module_type = type(network)
+                placeholder = f"{_INSTANCE_PREFIX}{module_type.__module__}.{module_type.__qualname__}"
+                self.hparams[self.network_hparam] = placeholder
+                self._hparams_initial[self.network_hparam] = placeholder  # what loggers record
+            self.model = self.convert_network(network)
+        else:
+            self._check_network_is_a_name()
+            self.configure_models()
         self.configure_losses()
         self.configure_metrics()
 
+    def convert_network(self, network: nn.Module) -> nn.Module:
+        """Your own model made shift-equivariant: ``convert(network, method=..., antialias=..., padding=...)``.
+
+        ``network`` itself is left untouched (``convert`` works on a copy). A model that
+        cannot be made exact raises :class:`~mass_lightning.errors.ConversionError`,
+        naming the layer.
+        """
+        hparams = self.hparams
+        return convert(
+            network,
+            method=hparams["method"],
+            antialias=hparams.get("antialias"),
+            padding=hparams.get("padding", "circular"),
+        )
+
+    def _check_network_is_a_name(self) -> None:
+        """Refuse the placeholder that a checkpoint of a model instance holds, with what to do instead."""
+        value = self.hparams.get(self.network_hparam)
+        if isinstance(value, str) and value.startswith(_INSTANCE_PREFIX):
+            class_name = value[len(_INSTANCE_PREFIX) :]
+            task = type(self).__name__
+            raise ConfigError(
+                f"{task}: this checkpoint was trained with your own model ({class_name}), passed as an instance, so "
+                f"it does not hold the model itself. Load it with a fresh, unconverted instance: "
+                f"{task}.load_from_checkpoint(path, {self.network_hparam}={class_name.rsplit('.', 1)[-1]}(...)). "
+                f"In configs, give the model as {self.network_hparam}: {{class_path: {class_name}, init_args: ...}} "
+                "so that checkpoints rebuild it."
+            )
+
     # ------------------------------------------------------------------ hooks
     def configure_models(self) -> None:
-        """Build ``self.model`` from the hyperparameters."""
+        """Build ``self.model`` from the hyperparameters (a registry name)."""
         raise NotImplementedError(f"{type(self).__name__} must implement configure_models().")
 
     def configure_losses(self) -> None:
@@ -147,6 +248,38 @@ class BaseTask(LightningModule):
     ) -> None:
         """Feed the outputs for the two shifted copies of a batch to ``metric``."""
         raise NotImplementedError(f"{type(self).__name__} must implement update_consistency().")
+
+    def summarize_predictions(
+        self, logits: Tensor, shifted: Optional[tuple[Tensor, Tensor, Tensor, Tensor]]
+    ) -> dict[str, Tensor]:
+        """Per-image predictions of a batch, from the logits and (if computed) the two shifted outputs.
+
+        Args:
+            logits: Outputs for the unshifted images.
+            shifted: ``(preds_a, preds_b, shifts_a, shifts_b)`` of :meth:`shifted_predictions`,
+                or ``None`` when ``eval_consistency`` is off.
+
+        Returns:
+            Tensors whose first dimension is the batch.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement summarize_predictions().")
+
+    def prediction_rows(
+        self, predictions: Mapping[str, Tensor], names: Sequence[str], folder: Path, classes: Sequence[str]
+    ) -> list[dict[str, Any]]:
+        """The columns of one table row per image of a :meth:`predict_step` output; may write files into ``folder``.
+
+        Args:
+            predictions: The output of :meth:`predict_step` for one batch.
+            names: The images' paths relative to the predict folder (``lot7/a.jpg``), or
+                ``test/<index>`` for the test split; unique, so usable as file names.
+            folder: The run's prediction folder.
+            classes: Class names by id (empty when the datamodule has none).
+
+        Returns:
+            One dict per image (the writer adds its ``path`` first).
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement prediction_rows().")
 
     def configure_metrics(self) -> None:
         """One prefixed clone of :meth:`task_metrics` per split, one consistency metric per eval split."""
@@ -257,6 +390,13 @@ class BaseTask(LightningModule):
 
     # ------------------------------------------------------------------ steps
     @staticmethod
+    def _images(batch: Any) -> Tensor:
+        """The images of a labelled ``(image, target)`` or an unlabelled ``{"image": ...}`` batch."""
+        if isinstance(batch, Mapping):
+            return batch["image"]
+        return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+    @staticmethod
     def _unpack(batch: Any) -> tuple[Tensor, Tensor]:
         if isinstance(batch, (tuple, list)) and len(batch) == 2:
             return batch[0], batch[1]
@@ -284,10 +424,22 @@ class BaseTask(LightningModule):
         """Loss, task metrics and shift consistency on a test batch."""
         self._evaluate("test", batch, batch_idx, dataloader_idx)
 
-    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
-        """Predicted labels (``argmax`` over classes) of a batch or of ``(image, target)``."""
-        x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self(x).argmax(dim=1)
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
+        """Predictions for the images of a batch, and whether they survive two random circular shifts.
+
+        Takes ``(image, target)``, ``{"image": ..., "path": ...}`` (new images, see
+        ``predict_dir``) or an image tensor. The shifts are drawn as in validation (seeded
+        by ``consistency_seed`` and the batch index); ``eval_consistency: false`` skips them.
+
+        Returns:
+            :meth:`summarize_predictions` of the batch (per-image tensors), e.g. ``label``.
+        """
+        x = self._images(batch)
+        logits = self(x)
+        shifted = self.shifted_predictions(x, batch_idx, dataloader_idx) if self.hparams.get(
+            "eval_consistency", True
+        ) else None
+        return self.summarize_predictions(logits, shifted)
 
     def shifted_predictions(
         self, x: Tensor, batch_idx: int, dataloader_idx: int = 0

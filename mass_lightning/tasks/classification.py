@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, Optional
 
 from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
@@ -10,7 +12,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from ..backbones import get_backbone
 from ..metrics import CircularConsistency
-from .base import BaseTask, Schedule
+from .base import BaseTask, Network, Schedule, shift_columns
 
 __all__ = ["ClassificationTask"]
 
@@ -25,11 +27,20 @@ class ClassificationTask(BaseTask):
     Logs ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc`` (top-1 on the unshifted
     images) and ``val/consistency`` (:class:`~mass_lightning.metrics.CircularConsistency`
     on two random circular shifts per image, see :class:`~mass_lightning.tasks.BaseTask`),
-    and the same for ``test``. ``predict`` returns the predicted classes ``(B,)``.
+    and the same for ``test``.
+
+    ``predict`` returns, per image, the class (``label``), its softmax ``probability``, and
+    ``unchanged``: whether the class is the same for two random circular shifts of the image
+    (``shift_a``, ``shift_b``); :class:`~mass_lightning.tasks.PredictionWriter` writes them
+    as a CSV.
 
     Args:
         backbone: A name of :func:`~mass_lightning.list_backbones` (``"resnet20"``,
-            ``"cifar_resnet18"``, ``"resnet50"``, ``"convnext_tiny"``, ...).
+            ``"cifar_resnet18"``, ``"resnet50"``, ``"convnext_tiny"``, ...), or your own
+            classifier (an ``nn.Module`` that maps images to ``num_classes`` logits), as an
+            instance or, in a config, as ``class_path``/``init_args``. It is converted with
+            ``method``, ``antialias`` and ``padding`` (see
+            :class:`~mass_lightning.tasks.BaseTask` for how its checkpoints load).
         method: Downsampling: ``"baseline"``, ``"mass"`` or ``"aps"``.
         antialias: ``None``, ``"lpf3"`` or ``"ddac3"`` (any of ``convert``'s specs).
         num_classes: Classifier outputs; must match the datamodule.
@@ -52,6 +63,7 @@ class ClassificationTask(BaseTask):
         >>> task = ClassificationTask(backbone="resnet20", method="mass", num_classes=10)
         >>> task(torch.randn(2, 3, 32, 32)).shape  # doctest: +SKIP
         torch.Size([2, 10])
+        >>> task = ClassificationTask(backbone=MyNet(num_classes=10), method="mass", num_classes=10)  # doctest: +SKIP
     """
 
     pretrained_hparams = ("weights",)
@@ -59,7 +71,7 @@ class ClassificationTask(BaseTask):
 
     def __init__(
         self,
-        backbone: str = "resnet20",
+        backbone: Network = "resnet20",
         method: Literal["baseline", "mass", "aps"] = "mass",
         antialias: str | None = None,
         num_classes: int = 10,
@@ -75,7 +87,7 @@ class ClassificationTask(BaseTask):
         consistency_seed: int = 0,
         eval_consistency: bool = True,
     ) -> None:
-        super().__init__()
+        super().__init__(network=backbone)
 
     def configure_models(self) -> None:
         """``self.model = get_backbone(backbone, method=..., antialias=..., num_classes=..., weights=...)``."""
@@ -106,3 +118,31 @@ class ClassificationTask(BaseTask):
     ) -> None:
         """Classes must agree; the shifts themselves do not matter for an invariant output."""
         metric.update(preds_a, preds_b)
+
+    def summarize_predictions(
+        self, logits: Tensor, shifted: Optional[tuple[Tensor, Tensor, Tensor, Tensor]]
+    ) -> dict[str, Tensor]:
+        """``label``, ``probability`` (softmax of that class) and, with the shifts, ``unchanged``."""
+        probabilities = logits.float().softmax(dim=1)
+        probability, label = probabilities.max(dim=1)
+        out = {"label": label, "probability": probability}
+        if shifted is not None:
+            preds_a, preds_b, shifts_a, shifts_b = shifted
+            out["unchanged"] = (preds_a.argmax(dim=1) == label) & (preds_b.argmax(dim=1) == label)
+            out["shift_a"], out["shift_b"] = shifts_a, shifts_b
+        return out
+
+    def prediction_rows(
+        self, predictions: Mapping[str, Tensor], names: Sequence[str], folder: Path, classes: Sequence[str]
+    ) -> list[dict[str, Any]]:
+        """``class, class_id, probability, unchanged_under_shifts, shift_a, shift_b`` per image."""
+        rows = []
+        for i in range(len(names)):
+            label = int(predictions["label"][i])
+            row = {
+                "class": classes[label] if label < len(classes) else str(label),
+                "class_id": label,
+                "probability": f"{float(predictions['probability'][i]):.6f}",
+            }
+            rows.append({**row, **shift_columns(predictions, i, "unchanged_under_shifts")})
+        return rows

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, Optional
 
+import torch
+from PIL import Image
 from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
-from ..metrics import SegmentationCircularConsistency
-from .base import BaseTask, Schedule
+from ..metrics import SegmentationCircularConsistency, unroll_per_sample
+from .base import BaseTask, Network, Schedule, shift_columns
 
 __all__ = ["SegmentationTask"]
 
@@ -26,10 +30,20 @@ class SegmentationTask(BaseTask):
     ``MulticlassJaccardIndex``), ``{split}/pixel_acc`` and, for ``val``/``test``,
     ``{split}/mascc`` (:class:`~mass_lightning.metrics.SegmentationCircularConsistency`:
     label maps for two random circular shifts per image, shifted back and compared on the
-    non-ignored pixels). ``predict`` returns label maps ``(B, H, W)``.
+    non-ignored pixels).
+
+    ``predict`` returns, per image, the label map (``label_map``, ``(H, W)``) and ``unchanged``:
+    the fraction of pixels whose class is the same in the label maps of two random circular
+    shifts of the image, shifted back (``shift_a``, ``shift_b``);
+    :class:`~mass_lightning.tasks.PredictionWriter` saves the maps as PNG files (class ids,
+    with a colour palette) and lists them in a CSV.
 
     Args:
-        arch: Architecture of the factory (``"deeplabv3plus"``).
+        arch: Architecture of the factory (``"deeplabv3plus"``), or your own segmentation
+            model (an ``nn.Module`` that maps ``(B, 3, H, W)`` images to ``(B, num_classes,
+            H, W)`` logits), as an instance or, in a config, as ``class_path``/``init_args``.
+            It is converted with ``method`` and ``antialias``; ``encoder``,
+            ``output_stride`` and ``encoder_weights`` then do not apply.
         encoder: Encoder backbone (``"resnet18"``, ``"resnet34"``, ``"resnet50"``).
         method: Downsampling: ``"baseline"``, ``"mass"`` or ``"aps"``.
         antialias: ``None``, ``"lpf3"``, ``"ddac3"``, ...
@@ -58,10 +72,11 @@ class SegmentationTask(BaseTask):
 
     pretrained_hparams = ("encoder_weights",)
     consistency_name = "mascc"
+    network_hparam = "arch"
 
     def __init__(
         self,
-        arch: str = "deeplabv3plus",
+        arch: Network = "deeplabv3plus",
         encoder: str = "resnet18",
         method: Literal["baseline", "mass", "aps"] = "mass",
         antialias: str | None = None,
@@ -80,7 +95,7 @@ class SegmentationTask(BaseTask):
         consistency_seed: int = 0,
         eval_consistency: bool = True,
     ) -> None:
-        super().__init__()
+        super().__init__(network=arch)
 
     def configure_models(self) -> None:
         """``self.model = get_segmentation_model(arch, encoder=..., method=..., ...)``."""
@@ -121,6 +136,37 @@ class SegmentationTask(BaseTask):
         """Shift both label maps back to the input frame and compare them pixel by pixel."""
         metric.update(preds_a, preds_b, shifts_a, shifts_b, target)
 
+    def summarize_predictions(
+        self, logits: Tensor, shifted: Optional[tuple[Tensor, Tensor, Tensor, Tensor]]
+    ) -> dict[str, Tensor]:
+        """``label_map`` and, with the shifts, ``unchanged``: the fraction of pixels that keep their class."""
+        label_map = logits.argmax(dim=1)
+        out = {"label_map": label_map}
+        if shifted is not None:
+            preds_a, preds_b, shifts_a, shifts_b = shifted
+            back_a = unroll_per_sample(preds_a, shifts_a).argmax(dim=1)
+            back_b = unroll_per_sample(preds_b, shifts_b).argmax(dim=1)
+            out["unchanged"] = ((back_a == label_map) & (back_b == label_map)).flatten(1).float().mean(dim=1)
+            out["shift_a"], out["shift_b"] = shifts_a, shifts_b
+        return out
+
+    def prediction_rows(
+        self, predictions: Mapping[str, Tensor], names: Sequence[str], folder: Path, classes: Sequence[str]
+    ) -> list[dict[str, Any]]:
+        """Save each label map as ``label_maps/<name>.png``; columns ``label_map, pixels_unchanged_under_shifts``."""
+        rows = []
+        palette = label_palette()
+        for i, name in enumerate(names):
+            relative = Path("label_maps") / Path(name).with_suffix(".png")
+            target = folder / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            image = Image.fromarray(predictions["label_map"][i].to("cpu", dtype=torch.uint8).numpy(), mode="P")
+            image.putpalette(palette)
+            image.save(target)
+            rows.append({"label_map": relative.as_posix(),
+                         **shift_columns(predictions, i, "pixels_unchanged_under_shifts")})  # fmt: skip
+        return rows
+
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Encoder parameters at ``lr * encoder_lr_factor``, the rest at ``lr``."""
         factor = float(self.hparams["encoder_lr_factor"])
@@ -133,3 +179,23 @@ class SegmentationTask(BaseTask):
             {"params": [p for p in trainable if id(p) in encoder_ids], "lr": self.hparams["lr"] * factor},
             {"params": [p for p in trainable if id(p) not in encoder_ids]},
         ]
+
+
+def label_palette() -> list[int]:
+    """The PASCAL VOC colour map (256 RGB triples, flattened): distinct colours for class ids in a PNG.
+
+    Example:
+        >>> label_palette()[3:6]
+        [128, 0, 0]
+    """
+    palette = []
+    for label in range(256):
+        red = green = blue = 0
+        value = label
+        for bit in range(8):
+            red |= ((value >> 0) & 1) << (7 - bit)
+            green |= ((value >> 1) & 1) << (7 - bit)
+            blue |= ((value >> 2) & 1) << (7 - bit)
+            value >>= 3
+        palette += [red, green, blue]
+    return palette

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from mass_lightning import get_backbone, list_backbones, register_backbone
-from mass_lightning.backbones import load_checkpoint
+from mass_lightning.backbones import load_checkpoint, registry
+from mass_lightning.errors import ConfigError
 from mass_lightning.layers import EquivariantDownsample
 
 # Every shift of a (size x size) input: 16x16 for the CIFAR ResNets (total stride <= 8),
@@ -103,6 +104,43 @@ def test_register_duplicate_raises():
     with pytest.raises(ValueError, match="already registered"):
         register_backbone("_test_tiny")(tiny)
     assert "_test_tiny" in list_backbones()
+
+
+def _tiny(*, num_classes: int = 10, weights=None) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(4, num_classes))
+
+
+def test_register_backbone_three_forms(monkeypatch):
+    monkeypatch.setattr(registry, "_BACKBONES", dict(registry._BACKBONES))  # leave the real registry as it was
+
+    @register_backbone
+    def _test_bare(*, num_classes: int = 10, weights=None) -> nn.Module:
+        return _tiny(num_classes=num_classes)
+
+    @register_backbone("_test_named")
+    def build(*, num_classes: int = 10, weights=None) -> nn.Module:
+        return _tiny(num_classes=num_classes)
+
+    assert register_backbone("_test_call", _tiny) is _tiny
+    assert callable(_test_bare) and callable(build)  # the decorators return the builder unchanged
+    for name in ("_test_bare", "_test_named", "_test_call"):
+        assert name in list_backbones()
+        assert get_backbone(name, num_classes=3)(torch.randn(1, 3, 8, 8)).shape == (1, 3)
+
+
+def test_register_backbone_fails_loudly(monkeypatch):
+    monkeypatch.setattr(registry, "_BACKBONES", dict(registry._BACKBONES))
+    with pytest.raises(ConfigError, match="model instance"):
+        register_backbone("_test_instance", _tiny())
+    with pytest.raises(ConfigError, match="non-empty string"):
+        register_backbone(123)
+    with pytest.raises(ConfigError, match="lambda"):
+        register_backbone(lambda **kwargs: _tiny())
+    with pytest.raises(ConfigError, match="no second argument"):
+        register_backbone(_tiny, "_test_swapped")
+    with pytest.raises(ConfigError, match="already registered"):
+        register_backbone("resnet20", _tiny)
 
 
 def test_unknown_names_and_weights():

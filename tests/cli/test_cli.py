@@ -90,7 +90,7 @@ def test_checkpoint_then_validate_test_predict(in_tmp, tiny_config):
     assert {"test/acc", "test/consistency", "test/loss"} <= set(cli.trainer.callback_metrics)
 
     cli = run_cli(["predict", *config_args(QUICKSTART, tiny), "--ckpt_path", checkpoint])
-    predictions = torch.cat(cli.trainer.predict_loop.predictions)
+    predictions = torch.cat([batch["label"] for batch in cli.trainer.predict_loop.predictions])
     assert predictions.shape == (4,) and predictions.dtype == torch.int64
     assert torch.equal(predictions, expected.argmax(dim=1))
 

@@ -17,7 +17,7 @@ from mass_lightning.data import (
     PeriodicDefectsSegmentationDataModule,
     render_lattice,
 )
-from mass_lightning.data.periodic_defects import sample_defect
+from mass_lightning.data.periodic_defects import periodic_texture, sample_defect
 
 PLAIN = LatticeParams(
     phase=(1.25, 6.5), radius=2.0, exponent=3.0, background=(0.1, 0.2, 0.3), foreground=(0.9, 0.8, 0.7)
@@ -153,3 +153,25 @@ def test_segmentation_datamodule_loaders() -> None:
     dm.setup("fit")
     images, masks = next(iter(dm.train_dataloader()))
     assert images.shape == (2, 3, 32, 32) and masks.shape == (2, 32, 32) and masks.dtype == torch.int64
+
+
+def test_texture_is_periodic_and_optional() -> None:
+    plain = PeriodicDefects(num_samples=2, noise_std=0.0)
+    assert torch.equal(plain[0][0], PeriodicDefects(num_samples=2, noise_std=0.0, texture=0.0)[0][0])
+    textured = PeriodicDefects(num_samples=2, noise_std=0.0, texture=0.4, texture_period=2, normalize=False)
+    image = textured[0][0]  # label 0: no defect
+    assert not torch.equal(image, PeriodicDefects(num_samples=2, noise_std=0.0, normalize=False)[0][0])
+    for shift in [(8, 0), (0, 16)]:  # the texture period divides the lattice period: still a perfect lattice
+        assert torch.equal(torch.roll(image, shift, dims=(1, 2)), image)
+    assert not torch.equal(torch.roll(image, (0, 2), dims=(1, 2)), image)
+    tile = periodic_texture(np.random.default_rng(0), 6, 3)[..., 0]
+    assert np.allclose(tile[:3, :3], tile[3:, 3:]) and abs(tile[:3, :3].mean()) < 1e-6
+
+
+def test_texture_options_are_checked() -> None:
+    with pytest.raises(ValueError, match="texture_period=3 must be >= 1 and divide image_size=32"):
+        PeriodicDefects(num_samples=1, texture=0.2, texture_period=3)
+    with pytest.raises(ValueError, match="texture=-0.1 must be >= 0"):
+        PeriodicDefects(num_samples=1, texture=-0.1)
+    dm = PeriodicDefectsSegmentationDataModule(num_train=1, num_val=1, num_test=1, texture=0.3, texture_period=4)
+    assert dm.dataset("train").texture == 0.3

@@ -161,11 +161,13 @@ def test_checkpoint_does_not_need_the_initial_weights_file(tmp_path):
         assert torch.equal(loaded(x), task.eval()(x))
 
 
-def test_predict_returns_classes(tmp_path):
+def test_predict_returns_classes_and_their_shift_check(tmp_path):
     task = ClassificationTask(num_classes=6)
     batches = trainer(tmp_path).predict(task, datamodule=tiny_data())
-    assert [tuple(b.shape) for b in batches] == [(2,), (2,)]
-    assert all(b.dtype == torch.int64 and b.min() >= 0 and b.max() < 6 for b in batches)
+    assert [tuple(b["label"].shape) for b in batches] == [(2,), (2,)]
+    assert all(b["label"].dtype == torch.int64 and b["label"].min() >= 0 and b["label"].max() < 6 for b in batches)
+    assert all(b["unchanged"].all() and b["shift_a"].shape == (2, 2) for b in batches)  # MASS
+    assert all(((b["probability"] > 0) & (b["probability"] <= 1)).all() for b in batches)
 
 
 # ---------------------------------------------------------------- segmentation
@@ -181,8 +183,9 @@ def test_segmentation_fit_validate_and_round_trip(tmp_path):
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(loaded(x), task.eval()(x))
-    labels = fit.predict(task, datamodule=tiny_segmentation_data())
-    assert labels[0].shape == (2, 64, 64) and labels[0].dtype == torch.int64
+    predictions = fit.predict(task, datamodule=tiny_segmentation_data())
+    assert predictions[0]["label_map"].shape == (2, 64, 64) and predictions[0]["label_map"].dtype == torch.int64
+    assert torch.equal(predictions[0]["unchanged"], torch.ones(2))
 
 
 def test_segmentation_ignore_index_must_match(tmp_path):
