@@ -30,7 +30,9 @@ class ClassificationTask(BaseTask):
     Args:
         backbone: A name of :func:`~mass_lightning.list_backbones` (``"resnet20"``,
             ``"cifar_resnet18"``, ``"resnet50"``, ``"convnext_tiny"``, ...).
-        method: Downsampling: ``"baseline"``, ``"mass"`` or ``"aps"``.
+        method: Downsampling: ``"baseline"``, ``"mass"`` or ``"aps"``; ``"aps_official"`` is APS
+            placed as in the official APS code (``docs/aps_official.md``), once the conversion
+            engine supports it.
         antialias: ``None``, ``"lpf3"`` or ``"ddac3"`` (any of ``convert``'s specs).
         num_classes: Classifier outputs; must match the datamodule.
         weights: Initial weights: ``None``, a torchvision weights name (``"DEFAULT"``,
@@ -60,7 +62,7 @@ class ClassificationTask(BaseTask):
     def __init__(
         self,
         backbone: str = "resnet20",
-        method: Literal["baseline", "mass", "aps"] = "mass",
+        method: Literal["baseline", "mass", "aps", "aps_official"] = "mass",
         antialias: str | None = None,
         num_classes: int = 10,
         weights: str | None = None,
