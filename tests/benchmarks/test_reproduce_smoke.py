@@ -177,7 +177,7 @@ def test_cifar10_scales_and_method_lists() -> None:
     assert cpu.row_keys == list(script.TABLE2) and len(cpu.row_keys) == 9 and "aps_official" not in cpu.row_keys
     paper = script.parse_args(["--scale", "paper"])
     assert (paper.epochs, paper.batch_size, paper.lr, paper.seed_list) == (250, 256, 0.2, [0, 1, 2, 3, 4])
-    assert paper.model_keys == ["resnet20", "resnet18"] and paper.accelerator == "auto"
+    assert paper.model_keys == ["resnet20", "resnet18"] and paper.accelerator == "auto" and paper.finetune_epochs == 3
     assert paper.output_dir.name == "results_paper"  # docs/results.md and the README are left alone
     assert script.parse_args(["--scale", "paper", "--epochs", "3", "--seeds", "2"]).seed_list == [0, 1]
     assert script.parse_args(["--methods", "all"]).row_keys == list(script.ROWS)
