@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import hashlib
 import json
+import math
 import logging
 import os
 import platform
@@ -38,13 +40,18 @@ __all__ = [
     "command_line",
     "configure_threads",
     "fill_markers",
+    "fmt_mean_std",
     "fmt_pct",
     "latest_checkpoint",
+    "library_fingerprint",
     "load_results",
     "log",
     "machine_info",
     "markdown_table",
+    "mean_std",
+    "parse_choices",
     "quiet_lightning",
+    "readme_markdown",
     "relative_to",
     "results_markdown",
     "save_json",
@@ -100,6 +107,41 @@ def machine_info(threads: int) -> dict[str, Any]:
         "platform": platform.platform(),
         "date": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
     }
+
+
+def library_fingerprint() -> dict[str, str]:
+    """The version of ``mass_lightning`` and a SHA-256 over its Python sources (first 16 hex digits).
+
+    Stored with every result, so results computed by another version of the library (a
+    changed conversion engine, say) can be told apart and re-run.
+    """
+    import mass_lightning
+
+    package = Path(mass_lightning.__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return {"version": mass_lightning.__version__, "source_sha256": digest.hexdigest()[:16]}
+
+
+def mean_std(values: Sequence[float]) -> dict[str, Any]:
+    """``{"mean", "std", "n", "values"}`` of ``values``; ``std`` is the sample std (``None`` for one value)."""
+    values = [float(v) for v in values]
+    if not values:
+        raise ValueError("mean_std: no values.")
+    mean = math.fsum(values) / len(values)
+    std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None
+    return {"mean": mean, "std": std, "n": len(values), "values": values}
+
+
+def fmt_mean_std(stat: Mapping[str, Any] | None, scale: float = 100.0, digits: int = 2) -> str:
+    """``"92.03 ± 0.19"`` for several runs, ``"92.03"`` for one (``stat`` from :func:`mean_std`, times ``scale``)."""
+    if stat is None:
+        return "not yet run"
+    text = f"{scale * stat['mean']:.{digits}f}"
+    if stat.get("std") is not None:
+        text += f" ± {scale * stat['std']:.{digits}f}"
+    return text
 
 
 def load_results(path: Path) -> dict[str, Any]:
@@ -336,6 +378,14 @@ def results_markdown(requested: Path | None, output_dir: Path) -> Path | None:
     return None
 
 
+def readme_markdown(output_dir: Path) -> Path | None:
+    """``README.md`` when ``output_dir`` is the default ``docs/results`` (its CPU-scale tables), else ``None``."""
+    readme = REPO_ROOT / "README.md"
+    if Path(output_dir).resolve() == (REPO_ROOT / "docs" / "results").resolve() and readme.is_file():
+        return readme
+    return None
+
+
 def relative_to(path: Path, start: Path) -> str:
     """``path`` relative to the folder ``start``, with forward slashes (for Markdown links)."""
     return Path(os.path.relpath(Path(path).resolve(), Path(start).resolve())).as_posix()
@@ -349,6 +399,28 @@ def command_line(script: str, argv: Sequence[str]) -> str:
 
 def _quote(arg: str) -> str:
     return arg if arg and all(c.isalnum() or c in "-_./=,:" for c in arg) else json.dumps(arg)
+
+
+def parse_choices(text: str, choices: Mapping[str, str], option: str) -> list[str]:
+    """``"MASS-LPF-3, aps"`` -> ``["mass_lpf3", "aps"]``: comma-separated keys or labels of ``choices``, any case.
+
+    Args:
+        text: The option's value; ``"all"`` selects every key.
+        choices: ``key -> label``.
+        option: The option's name, for the error message (``"methods"``).
+
+    Returns:
+        The keys in the order given, without repeats.
+    """
+    normal = lambda name: name.strip().lower().replace("-", "_").replace(" ", "_")  # noqa: E731
+    aliases = {normal(key): key for key in choices} | {normal(label): key for key, label in choices.items()}
+    keys: list[str] = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        found = list(choices) if normal(item) == "all" else [aliases.get(normal(item))]
+        if found == [None]:
+            raise SystemExit(f"--{option}: unknown entry {item!r}; choose from {', '.join(choices)} (or all).")
+        keys += [key for key in found if key not in keys]
+    return keys
 
 
 def log(message: str) -> None:
@@ -384,7 +456,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, experiment: str, *, budge
 
 
 class RunRecord:
-    """Stamps a results dict with the machine, command and run time of the run that computed it.
+    """Stamps a results dict with the machine, command, library and run time of the run that computed it.
 
     A later call that finds every result done and only rewrites the reports leaves the
     recorded machine, command and ``last_run_seconds`` as they were.
@@ -404,7 +476,8 @@ class RunRecord:
     def computing(self) -> None:
         """Record that this run computes results (machine and command are stamped once)."""
         if not self.ran:
-            self.results.update(machine=machine_info(self.threads), command=command_line(self.script, self.argv))
+            self.results.update(machine=machine_info(self.threads), command=command_line(self.script, self.argv),
+                                library=library_fingerprint())
         self.ran = True
 
     def finish(self) -> None:

@@ -93,14 +93,16 @@ def plot_consistency_heatmaps(
     return _save(fig, path)
 
 
-def plot_accuracy_vs_consistency(rows: Sequence[Mapping[str, Any]], path: Path | str) -> Path:
+def plot_accuracy_vs_consistency(rows: Sequence[Mapping[str, Any]], path: Path | str,
+                                 title: str = "CIFAR-10, ResNet-20") -> Path:
     """Scatter of test accuracy against circular consistency.
 
     Args:
         rows: Dicts with ``label``, ``acc`` and ``consistency`` (fractions in [0, 1]);
-            an optional ``method`` (``baseline``/``aps``/``mass``) sets the colour and an
-            optional ``antialias`` the marker.
+            an optional ``method`` (``baseline``/``aps``/``mass``/``aps_official``) sets the
+            colour and an optional ``antialias`` (``lpf3``, ``ddac3``, ...) the marker.
         path: Output PNG.
+        title: Plot title; the marker legend is appended.
 
     Returns:
         ``path``.
@@ -108,19 +110,21 @@ def plot_accuracy_vs_consistency(rows: Sequence[Mapping[str, Any]], path: Path |
     points = [r for r in rows if r.get("acc") is not None and r.get("consistency") is not None]
     if not points:
         raise ValueError("plot_accuracy_vs_consistency: no row has both acc and consistency.")
-    colours = {"baseline": "tab:gray", "aps": "tab:blue", "mass": "tab:red"}
+    colours = {"baseline": "tab:gray", "aps": "tab:blue", "mass": "tab:red", "aps_official": "tab:purple"}
+    markers = {"lpf": "s", "ddac": "^"}
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
     # Colour = method, marker = filter: every row is one distinct symbol, named in the legend
     # (labels next to points collide where rows sit at the same consistency).
     for row in sorted(points, key=lambda r: (float(r["consistency"]), float(r["acc"]))):
         acc, cons = 100 * float(row["acc"]), 100 * float(row["consistency"])
+        kind = str(row.get("antialias") or "").rstrip("0123456789")
         ax.scatter(acc, cons, s=60, color=colours.get(str(row.get("method")), "tab:green"),
-                   marker="s" if row.get("antialias") else "o", zorder=3, label=str(row["label"]))
+                   marker=markers.get(kind, "o"), zorder=3, label=str(row["label"]))
     ax.legend(fontsize=8, loc="lower right", framealpha=0.9)
     ax.set_xlabel("test accuracy (%)")
     ax.set_ylabel("circular consistency (%)")
     ax.grid(alpha=0.3)
-    ax.set_title("CIFAR-10, ResNet-20 (circles: no filter, squares: LPF-3)", fontsize=10)
+    ax.set_title(f"{title} (circles: no filter, squares: LPF, triangles: DDAC)", fontsize=9)
     ax.margins(x=0.25, y=0.3)
     bottom, top = ax.get_ylim()
     ax.set_ylim(bottom, min(top, 101.0))  # consistency cannot exceed 100%

@@ -75,11 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_models(text: str) -> list[str]:
-    keys = [part.strip().lower() for part in text.split(",") if part.strip()]
-    unknown = [k for k in keys if k not in MODELS]
-    if unknown:
-        raise SystemExit(f"--models: unknown {', '.join(unknown)}; choose from {', '.join(MODELS)}.")
-    return list(dict.fromkeys(keys))
+    return common.parse_choices(text, MODELS, "models")
 
 
 def datamodule(args: argparse.Namespace, train: bool) -> CamVidDataModule:

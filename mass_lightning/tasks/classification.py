@@ -41,7 +41,8 @@ class ClassificationTask(BaseTask):
             instance or, in a config, as ``class_path``/``init_args``. It is converted with
             ``method``, ``antialias`` and ``padding`` (see
             :class:`~mass_lightning.tasks.BaseTask` for how its checkpoints load).
-        method: Downsampling: ``"baseline"``, ``"mass"`` or ``"aps"``.
+        method: Downsampling: ``"baseline"``, ``"mass"`` or ``"aps"``; ``"aps_official"`` is APS
+            placed as in the official APS code (``docs/aps_official.md``).
         antialias: ``None``, ``"lpf3"`` or ``"ddac3"`` (any of ``convert``'s specs).
         num_classes: Classifier outputs; must match the datamodule.
         weights: Initial weights: ``None``, a torchvision weights name (``"DEFAULT"``,
@@ -72,7 +73,7 @@ class ClassificationTask(BaseTask):
     def __init__(
         self,
         backbone: Network = "resnet20",
-        method: Literal["baseline", "mass", "aps"] = "mass",
+        method: Literal["baseline", "mass", "aps", "aps_official"] = "mass",
         antialias: str | None = None,
         num_classes: int = 10,
         weights: str | None = None,

@@ -49,6 +49,11 @@ class SegmentationTask(BaseTask):
         antialias: ``None``, ``"lpf3"``, ``"ddac3"``, ...
         num_classes: Output classes (without the ignored label); must match the datamodule.
         output_stride: Encoder output stride, 16 or 8 (dilated last stages).
+        decoder_atrous_rates: Dilation rates of ASPP's three 3x3 branches (smp's default;
+            VainF's DeepLabV3+ uses ``(6, 12, 18)`` at output stride 16).
+        decoder_aspp_separable: Depthwise-separable ASPP branches (smp's default; VainF's
+            default ASPP is not separable).
+        decoder_aspp_dropout: Dropout after ASPP's projection (smp's default; VainF: 0.1).
         encoder_weights: Initial encoder weights (e.g. ``"imagenet"``) or ``None``.
             Checkpoints of this task store ``None`` here.
         ignore_index: Target label excluded from loss and metrics; must match the datamodule.
@@ -82,6 +87,9 @@ class SegmentationTask(BaseTask):
         antialias: str | None = None,
         num_classes: int = 21,
         output_stride: Literal[8, 16] = 16,
+        decoder_atrous_rates: tuple[int, int, int] = (12, 24, 36),
+        decoder_aspp_separable: bool = True,
+        decoder_aspp_dropout: float = 0.5,
         encoder_weights: str | None = None,
         ignore_index: int = 255,
         lr: float = 0.01,
@@ -110,6 +118,9 @@ class SegmentationTask(BaseTask):
             num_classes=hparams["num_classes"],
             output_stride=hparams["output_stride"],
             encoder_weights=hparams["encoder_weights"],
+            decoder_atrous_rates=tuple(hparams["decoder_atrous_rates"]),
+            decoder_aspp_separable=hparams["decoder_aspp_separable"],
+            decoder_aspp_dropout=hparams["decoder_aspp_dropout"],
         )
 
     def configure_losses(self) -> None:

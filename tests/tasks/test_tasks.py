@@ -214,3 +214,31 @@ def test_segmentation_ignored_pixels_do_not_count():
     assert task.val_metrics.compute()["val/pixel_acc"] == 1.0
     loss_all = task.criterion(logits, target).item()
     assert math.isclose(loss_all, task.criterion(logits[..., :1, :], target[..., :1, :]).item())
+
+
+def test_segmentation_vainf_head_is_built_and_stays_equivariant():
+    """Table 5's config: ASPP rates 6/12/18, plain (not separable) 3x3 branches, dropout 0.1."""
+    torch.manual_seed(0)
+    vainf = dict(decoder_atrous_rates=(6, 12, 18), decoder_aspp_separable=False, decoder_aspp_dropout=0.1)
+    task = SegmentationTask(encoder="resnet18", method="mass", num_classes=5, **vainf).eval()
+    aspp = task.model.decoder.aspp[0]
+    branches = [branch[0] for branch in aspp.convs[1:4]]
+    assert [b.dilation for b in branches] == [(6, 6), (12, 12), (18, 18)]
+    assert all(isinstance(b, nn.Conv2d) and b.groups == 1 and b.kernel_size == (3, 3) for b in branches)
+    assert aspp.project[-1].p == 0.1
+    default = SegmentationTask(encoder="resnet18", num_classes=5).model.decoder.aspp[0]
+    assert default.convs[1][0][0].dilation == (12, 12) and default.project[-1].p == 0.5  # smp's defaults
+
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        y = task(x)
+        for shift in [(1, 0), (5, 37), (33, 2)]:
+            shifted = task(torch.roll(x, shift, dims=(2, 3)))
+            expected = torch.roll(y, shift, dims=(2, 3))
+            assert torch.equal(shifted.argmax(1), expected.argmax(1))
+            assert torch.allclose(shifted, expected, atol=1e-4)
+    baseline = SegmentationTask(encoder="resnet18", method="baseline", num_classes=5, **vainf).eval()
+    with torch.no_grad():  # the same head on the fixed-phase baseline is not equivariant
+        y = baseline(x)
+        assert not torch.allclose(baseline(torch.roll(x, (1, 0), dims=(2, 3))), torch.roll(y, (1, 0), dims=(2, 3)),
+                                  atol=1e-2)
