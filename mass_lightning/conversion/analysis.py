@@ -46,6 +46,7 @@ from ..layers.downsample import (
     equivariant_conv2d,
     equivariant_max_pool2d,
     equivariant_subsample,
+    polyphase_select,
 )
 from ..layers.exact import ExactGlobalAvgPool2d, ExactGroupNorm, ExactInstanceNorm2d, exact_group_norm, exact_mean, exact_sum
 from ..layers import pointwise as position_free
@@ -53,16 +54,18 @@ from ..layers.generic import MASSDownsample
 from ..layers.polyphase import as_pair
 from ..layers.upsample import MASSConvTranspose2d, circular_conv_transpose2d, max_unpool2d_at
 from .ops import broadcast_upsample, circular_resize, circular_upsample
-from .rewrite import COPY, Action, Alias, Attr, Call, Downsample, Plan, Upsample
+from .rewrite import COPY, Action, Alias, Attr, Call, CopyThenSelect, Downsample, Plan, Upsample
 from .spatial import Broken, Invariant, PoolIndices, Spatial, Term, map_reshape
 from .tracing import module_path, op_name, timm_types
 
 __all__ = ["Analysis", "ProbeTooSmall"]
 
-_CONV = {"baseline": CircularConv2d, "mass": MASSConv2d, "aps": APSConv2d}
-_MAX = {"baseline": CircularMaxPool2d, "mass": MASSMaxPool2d, "aps": APSMaxPool2d}
-_AVG = {"baseline": CircularAvgPool2d, "mass": MASSAvgPool2d, "aps": APSAvgPool2d}
-_SAMPLING = {"baseline": "fixed", "mass": "mass", "aps": "aps"}
+_CONV = {"baseline": CircularConv2d, "mass": MASSConv2d, "aps": APSConv2d, "aps_official": APSConv2d}
+_MAX = {"baseline": CircularMaxPool2d, "mass": MASSMaxPool2d, "aps": APSMaxPool2d, "aps_official": APSMaxPool2d}
+_AVG = {"baseline": CircularAvgPool2d, "mass": MASSAvgPool2d, "aps": APSAvgPool2d, "aps_official": APSAvgPool2d}
+_SAMPLING = {"baseline": "fixed", "mass": "mass", "aps": "aps", "aps_official": "aps"}
+_ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.GELU, nn.Hardswish, nn.ELU, nn.Mish)
+_ACTIVATION_FUNCTIONS = {F.relu, torch.relu, F.relu6, F.leaky_relu, F.silu, F.gelu, F.hardswish, "relu", "relu_"}
 
 
 class ProbeTooSmall(InputSizeError):
@@ -209,9 +212,13 @@ class Analysis:
         self.method, self.antialias, self.strict = method, antialias, strict
         self.replacements = replacements
         self.plan = Plan(tracks_origins=method != "baseline")
+        self.sampling = _SAMPLING[method]
         self.infos: dict[fx.Node, Any] = {}
         self.problems: list[ConversionError] = []
         self.pad_users: dict[fx.Node, int] = {}
+        self.select_after: dict[fx.Node, tuple[tuple[int, int], str, int, int]] = {}
+        self.full_resolution: dict[fx.Node, Spatial] = {}
+        self.activation_input: dict[fx.Node, Spatial] = {}
         self.fidelity_checked: set[str] = set()
 
     # ------------------------------------------------------------------ driver
@@ -225,8 +232,12 @@ class Analysis:
                 self.problems.append(error)
                 self.plan.actions.pop(node, None)
                 info = Broken(error.reason)
+            if node in self.select_after and isinstance(info, Spatial):
+                info = self.select_output(node, info)
             self.infos[node] = info
             node.meta["mass_info"] = info
+        for node, info in self.full_resolution.items():
+            node.meta["mass_info"] = info  # what these nodes compute now (before the selection)
         for pad, remaining in self.pad_users.items():
             if remaining:
                 self.refuse(pad, "pads a feature map without a convolution or pooling right after it, which "
@@ -396,6 +407,10 @@ class Analysis:
             return self.non_spatial_op(node, x)
         own_forward = None if not isinstance(module, same_types) else False
         strided = stride != (1, 1)
+        if strided and self.method == "aps_official":
+            activation = self.bn_activation_after(node)
+            if activation is not None:
+                return self.official_aps_conv(node, module, x, path, lead, source, stride, activation, own_forward)
         method = self.method if strided else "baseline"
         filt = self.antialias.build(module.out_channels if self.antialias.kind == "ddac" else module.in_channels) \
             if (self.antialias is not None and strided) else None
@@ -404,6 +419,57 @@ class Analysis:
         if getattr(new, "_own_forward", None) is not None:
             self.check_fidelity(node, module, new, source, stride)
         return self.downsampled(node, x, stride, Call(path, (source,), module=True), "module")
+
+    def bn_activation_after(self, node: fx.Node) -> fx.Node | None:
+        """The activation node of a ``conv -> BatchNorm -> activation`` chain, if ``node`` starts one."""
+        def only_user(n: fx.Node) -> fx.Node | None:
+            users = list(n.users)
+            return users[0] if len(users) == 1 else None
+
+        bn = only_user(node)
+        if bn is None or not ((bn.op == "call_module" and isinstance(self.modules.get(str(bn.target)),
+                                                                      nn.modules.batchnorm._BatchNorm))
+                              or bn.target is F.batch_norm):
+            return None
+        act = only_user(bn)
+        if act is None:
+            return None
+        if act.op == "call_module" and isinstance(self.modules.get(str(act.target)), _ACTIVATION_MODULES):
+            return act
+        if act.op in ("call_function", "call_method") and act.target in _ACTIVATION_FUNCTIONS:
+            return act
+        return None
+
+    def official_aps_conv(self, node: fx.Node, module: nn.Conv2d, x: Spatial, path: str, lead: Any,
+                          source: fx.Node, stride: tuple[int, int], activation: fx.Node,
+                          own_forward: bool | None) -> Spatial:
+        """The official APS code's placement: the conv at stride 1, BatchNorm and activation at
+        full resolution, then the polyphase selection (after its blur, with LPF). The chain is
+        described at the selected resolution (as the probe computed it), and its values before
+        the selection at full resolution (:attr:`full_resolution`)."""
+        if self.antialias is not None and self.antialias.kind == "ddac":
+            self.refuse(node, "aps_official is defined without anti-aliasing or with LPF only (the official APS "
+                              "code has no DDAC).", "Use method='aps' with DDAC.")
+        new = CircularConv2d.from_conv(module, padding=tuple(lead) if not isinstance(lead, str) else lead,
+                                       own_forward=own_forward)
+        new.stride = (1, 1)
+        self.replace_module(path, new)
+        self.plan.actions[node] = COPY if source is node.args[0] else Call(path, (source,), module=True)
+        blur = self.antialias.kernel_size if self.antialias is not None else 1
+        down = self.downsampled(node, x, stride, Call(path, (source,), module=True), "module")
+        self.plan.actions[node] = COPY if source is node.args[0] else Call(path, (source,), module=True)
+        group = down.phase[-1].group
+        self.select_after[activation] = (stride, f"{path} (APS after its BatchNorm and activation)", blur, group)
+        bn = next(iter(node.users))
+        self.full_resolution.update({node: x, bn: x})
+        self.activation_input[activation] = x
+        return down
+
+    def select_output(self, node: fx.Node, info: Spatial) -> Spatial:
+        stride, name, blur, group = self.select_after[node]
+        call = Call(polyphase_select, (node, stride, blur), {"name": name})
+        self.plan.actions[node] = CopyThenSelect(call, group, before=self.activation_input[node])
+        return info
 
     def check_fidelity(self, node: fx.Node, original: nn.Module, new: CircularConv2d, source: fx.Node,
                        stride: tuple[int, int]) -> None:

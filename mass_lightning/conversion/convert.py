@@ -24,8 +24,8 @@ from .tracing import MODES, run_graph, trace
 
 __all__ = ["METHODS", "Antialias", "convert", "parse_antialias"]
 
-Method = Literal["baseline", "mass", "aps"]
-METHODS: tuple[str, ...] = ("baseline", "mass", "aps")
+Method = Literal["baseline", "mass", "aps", "aps_official"]
+METHODS: tuple[str, ...] = ("baseline", "mass", "aps", "aps_official")
 _ANTIALIAS = re.compile(r"^(lpf|ddac)([1-7])$")
 _PROBE_SIZES: tuple[tuple[int, int], ...] = ((96, 160), (128, 192), (224, 224), (256, 384))
 
@@ -76,8 +76,10 @@ def convert(
     * every convolution and pooling pads circularly; strided ones (convs, max/avg pools,
       subsampling slices, space-to-depth, functional ``F.conv2d``...) get the chosen sampling:
       ``"baseline"`` (phase 0: circular padding only), ``"mass"`` (the original op on the
-      input shifted to its origin) or ``"aps"`` (the op at stride 1, then adaptive polyphase
-      sampling);
+      input shifted to its origin), ``"aps"`` (the op at stride 1, then adaptive polyphase
+      sampling) or ``"aps_official"`` (APS placed as the official APS code does: a strided
+      conv followed by BatchNorm and an activation runs at stride 1 and the selection follows
+      the activation; ``docs/aps_official.md``);
     * downsamplers whose outputs are merged (residual shortcuts, Inception branches, HRNet
       fusions, channel groups of a mixed conv) share one origin, chosen by the first of
       them in execution order from its own input; origins flow through the new graph as
@@ -101,7 +103,7 @@ def convert(
 
     Args:
         model: a CNN, from torchvision, timm, segmentation-models-pytorch or your own code.
-        method: ``"baseline"``, ``"mass"`` or ``"aps"``.
+        method: ``"baseline"``, ``"mass"``, ``"aps"`` or ``"aps_official"``.
         antialias: ``None``, ``"lpf3"`` (binomial blur; ``lpf1``..``lpf7``) or ``"ddac3"``
             (``ddac5``, ``ddac7``), applied at the strided convs and pools.
         padding: ``"circular"`` (required for exact equivariance) or ``"zeros"``, which only

@@ -18,7 +18,7 @@ from torch import fx
 from .ops import phase_shift, shift_to_frame
 from .spatial import Term, UnionFind
 
-__all__ = ["Action", "Alias", "Attr", "Call", "Copy", "Downsample", "Plan", "Upsample", "rewrite"]
+__all__ = ["Action", "Alias", "Attr", "Call", "Copy", "CopyThenSelect", "Downsample", "Plan", "Upsample", "rewrite"]
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class Plan:
         """Pick each group's chooser: its first downsampling node in graph order."""
         self.chooser = {}
         for node, action in self.actions.items():
-            if isinstance(action, Downsample):
+            if isinstance(action, (Downsample, CopyThenSelect)):
                 self.chooser.setdefault(self.groups.find(action.group), node)
 
 
@@ -102,6 +102,21 @@ class Downsample(Action):
             rw.origins[root] = rw.graph.call_function(operator.getitem, (both, 1))
             return rw.named(rw.graph.call_function(operator.getitem, (both, 0)), node)
         return rw.named(self.call.call(rw, {"origin": rw.origins[root]}), node)
+
+
+@dataclass
+class CopyThenSelect(Action):
+    """The node as it was, then a polyphase selection of its output (official-APS placement)."""
+
+    select: Call
+    group: int
+    before: Any = None
+
+    def emit(self, rw: Rewriter, node: fx.Node) -> Any:
+        value = rw.graph.node_copy(node, rw.lookup)
+        value.meta["mass_info"] = self.before
+        rw.env[node] = value  # the selection's argument is this node's value
+        return Downsample(self.select, self.group).emit(rw, node)
 
 
 @dataclass

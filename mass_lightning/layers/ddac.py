@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .exact import exact_global_avg_pool2d
+from .kernels import conv2d
 from .pointwise import position_free_sum, softmax
 
 __all__ = ["DDAC", "ddac2d"]
@@ -258,7 +259,7 @@ class DDAC(nn.Module):
         n, _, h, w = x.shape
         pad = self.kernel_size // 2
         padded = F.pad(x, (pad, pad, pad, pad), mode="circular") if pad else x
-        logits = self.bn(self.conv(padded))
+        logits = self.bn(conv2d(padded, self.conv.weight, self.conv.bias))
         if self.joint_softmax:
             return softmax(logits, 1).reshape(n, self.group, -1, h, w)
         return softmax(logits.reshape(n, self.group, -1, h, w), 2)
@@ -267,7 +268,8 @@ class DDAC(nn.Module):
         """Per-group filters ``(N, channel_groups, k*k)`` of the channel branch, or ``None``."""
         if self.channel_conv is None or self.channel_bn is None:
             return None
-        logits = self.channel_bn(self.channel_conv(exact_global_avg_pool2d(x)))
+        pooled = exact_global_avg_pool2d(x)
+        logits = self.channel_bn(conv2d(pooled, self.channel_conv.weight, self.channel_conv.bias))
         return softmax(logits.reshape(x.shape[0], self.channel_groups, -1), 2)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -56,8 +56,9 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ..errors import InputSizeError, NonFiniteInputError
-from .blur import Blur2d
+from .blur import Blur2d, blur2d
 from .circular import _sorted_pad_windows, conv_padding, shift_and_pad
+from .kernels import OneDNNConvolutions, conv2d
 from .polyphase import as_pair, check_divisible, select_origin_and_finiteness
 
 __all__ = [
@@ -78,6 +79,7 @@ __all__ = [
     "equivariant_conv2d",
     "equivariant_max_pool2d",
     "equivariant_subsample",
+    "polyphase_select",
     "sample",
     "subsample",
 ]
@@ -293,10 +295,10 @@ def _unpack(saved: Any) -> Tensor:
 def _conv_ops(weight: Tensor, bias: Tensor | None, stride: tuple[int, int], dilation: tuple[int, int],
               groups: int) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
     def strided(p: Tensor) -> Tensor:
-        return F.conv2d(p, weight, bias, stride, 0, dilation, groups)
+        return conv2d(p, weight, bias, stride, dilation, groups)
 
     def dense(p: Tensor) -> Tensor:
-        return F.conv2d(p, weight, bias, 1, 0, dilation, groups)
+        return conv2d(p, weight, bias, 1, dilation, groups)
 
     return strided, dense
 
@@ -499,6 +501,36 @@ def equivariant_adaptive_pool2d(
                                   return_origin=return_origin, name=name)
 
 
+def polyphase_select(
+    x: Tensor,
+    stride: int | tuple[int, int],
+    blur: int = 1,
+    *,
+    origin: Tensor | None = None,
+    return_origin: bool = False,
+    name: str = "polyphase_select",
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Adaptive polyphase sampling of a map itself: blur it (binomial, ``blur`` taps; 1 = none),
+    then keep the component of largest norm (or ``origin``'s). The selection of the official
+    APS code (``ApsPool``), placed after a stride-1 conv, its BatchNorm and activation.
+
+    Shape:
+        - Input: :math:`(B, C, H, W)` with ``H, W`` divisible by the stride.
+        - Output: :math:`(B, C, H / s_y, W / s_x)`.
+    """
+    stride = as_pair(stride)
+    check_divisible(x, stride, name)
+    _check_origin(origin, x, name)
+    z = x if blur == 1 else blur2d(x, blur)
+    poison = None
+    if origin is None:
+        origin, poison = _choose(z, stride, name)
+    y = subsample(z, origin, stride)
+    if poison is not None:
+        y = y + poison
+    return _with_origin(y, origin, return_origin)
+
+
 def equivariant_subsample(
     x: Tensor,
     stride: int | tuple[int, int],
@@ -666,7 +698,7 @@ class CircularConv2d(EquivariantDownsample, nn.Conv2d):
     def _ops(self):
         inner = self.__dict__.get("_own_forward")
         if inner is not None:
-            strided, dense = inner
+            strided, dense = (_with_onednn(m) for m in inner)
         else:
             strided, dense = _conv_ops(self.weight, self.bias, self._stride_pair(), self.dilation, self.groups)
         if self.antialias is None or isinstance(self.antialias, Blur2d):
@@ -681,6 +713,18 @@ class CircularConv2d(EquivariantDownsample, nn.Conv2d):
         self._check_channels(x)
         y, origin = self._sample(x, origin)
         return _with_origin(y, origin, return_origin)
+
+
+def _with_onednn(module: nn.Module) -> Callable[[Tensor], Tensor]:
+    """``module``'s own forward with its unpadded convolutions computed alike at every pixel."""
+
+    def run(p: Tensor) -> Tensor:
+        if torch.compiler.is_compiling():
+            return module(p)
+        with OneDNNConvolutions():
+            return module(p)
+
+    return run
 
 
 def _shallow_copy(module: nn.Module) -> nn.Module:

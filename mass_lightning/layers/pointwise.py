@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .exact import exact_sum
+from .kernels import conv2d
 
 __all__ = [
     "celu",
@@ -140,12 +141,12 @@ def log_softmax(x: Tensor, dim: int, dtype: torch.dtype | None = None) -> Tensor
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``F.linear`` over the last axis as a convolution, so every row is computed alike.
+    """``F.linear`` over the last axis as a oneDNN convolution, so every row is computed alike.
 
     Shape:
         - Input: :math:`(*, C_{in})`.
         - Output: :math:`(*, C_{out})`.
     """
-    rows = x.reshape(1, -1, x.shape[-1]).transpose(1, 2)
-    out = F.conv1d(rows, weight.unsqueeze(-1), bias)
-    return out.transpose(1, 2).reshape(*x.shape[:-1], weight.shape[0])
+    rows = x.reshape(1, -1, x.shape[-1]).transpose(1, 2).unsqueeze(-1)  # (1, C_in, rows, 1)
+    out = conv2d(rows, weight[:, :, None, None], bias)
+    return out.squeeze(-1).transpose(1, 2).reshape(*x.shape[:-1], weight.shape[0])

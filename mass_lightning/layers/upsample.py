@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .circular import circular_interpolate, circular_pad, unshift
+from .kernels import conv2d
 from .polyphase import as_pair
 
 __all__ = [
@@ -167,22 +168,28 @@ def circular_conv_transpose2d(y: Tensor, weight: Tensor, bias: Tensor | None, st
     """Transposed convolution on the torus: output size exactly ``(h * sy, w * sx)``.
 
     Contributions that a zero-padded transposed conv would crop at the borders wrap
-    around instead: ``out[(i * s - p + k * d) mod H] += y[i] * w[k]``. Computed as one
-    transposed conv of a circularly padded input, cropped, so every output pixel sums its
-    contributions in the same order (bit-identical under circular shifts).
+    around instead: ``out[(i * s - p + k * d) mod H] += y[i] * w[k]``. Computed as a
+    circular convolution of the zero-inserted input with the flipped kernel, so every output
+    pixel is computed alike (bit-identical under circular shifts).
 
     Shape:
         - Input: :math:`(B, C_{in}, h, w)`.
         - Output: :math:`(B, C_{out}, h s_y, w s_x)`.
     """
-    height, width = y.shape[-2], y.shape[-1]
+    batch, channels, height, width = y.shape
+    sy, sx = stride
+    spread = y.new_zeros(batch, channels, height * sy, width * sx)
+    spread[..., ::sy, ::sx] = y
+    in_per_group, out_per_group = weight.shape[0] // groups, weight.shape[1]
+    kernel = weight.view(groups, in_per_group, out_per_group, *weight.shape[2:]).transpose(1, 2)
+    kernel = kernel.reshape(groups * out_per_group, in_per_group, *weight.shape[2:]).flip(-2, -1)
     reach = [dilation[i] * (weight.shape[2 + i] - 1) for i in range(2)]
-    extra = [-(-(reach[i] + padding[i] + 1) // stride[i]) for i in range(2)]
-    padded = circular_pad(y, (extra[1], extra[1], extra[0], extra[0]))
-    full = F.conv_transpose2d(padded, weight, None, stride, 0, 0, groups, dilation)
-    top, left = padding[0] + extra[0] * stride[0], padding[1] + extra[1] * stride[1]
-    out = full[..., top : top + height * stride[0], left : left + width * stride[1]]
-    return out if bias is None else out + bias.view(1, -1, 1, 1)
+    lead = [reach[i] - padding[i] for i in range(2)]  # out[o] reads spread[o - lead + k * d]
+    if any(v < 0 for v in lead):
+        spread = torch.roll(spread, [min(v, 0) for v in lead], (2, 3))
+        lead = [max(v, 0) for v in lead]
+    padded = circular_pad(spread, (lead[1], reach[1] - lead[1], lead[0], reach[0] - lead[0]))
+    return conv2d(padded, kernel, bias, 1, dilation, groups)
 
 
 class MASSConvTranspose2d(nn.ConvTranspose2d):
