@@ -144,9 +144,10 @@ ORIGINS = Section(
     [
         new_markdown_cell("""\
 We take a 224x288 centre crop of a CamVid test image. Both sizes are multiples of ResNet-18's
-total stride of 32, so every stage divides its input. Forward hooks record the origin
-(`last_origin`) of every strided layer. The layers of a residual block share one origin, so we
-keep one per stage."""),
+total stride of 32, so every stage divides its input. Origins are values, not layer state: the
+first strided layer of each stage is called with `return_origin=True` and returns its origin,
+and the other strided layers of the stage (the shortcut of a residual block) receive it as
+`origin=`. A forward hook with keyword arguments sees it, so we record one origin per stage."""),
         new_code_cell('''\
 from mass_lightning.data import IMAGENET_MEAN, IMAGENET_STD, PeriodicDefects, data_root
 
@@ -170,15 +171,17 @@ x = ((picture - mean) / std)[None]
 print(source, tuple(x.shape))'''),
         new_code_cell('''\
 def stage_origins(net, images):
-    """(layer name, input size, origin) of the first strided layer of every stage, in call order."""
+    """(layer name, input size, origin) of the layer that chose each stage's origin, in call order."""
     calls = []
-    hooks = [
-        module.register_forward_hook(
-            lambda mod, inputs, output, name=name: calls.append((name, tuple(inputs[0].shape[-2:]), mod.last_origin[0].tolist()))
-        )
-        for name, module in net.named_modules()
-        if isinstance(module, EquivariantDownsample) and module._stride_pair() != (1, 1)
-    ]
+
+    def record(name):
+        def hook(module, args, kwargs, output):
+            if kwargs.get("return_origin"):  # this layer chose the origin and returned it
+                calls.append((name, tuple(args[0].shape[-2:]), output[1][0].tolist()))
+        return hook
+
+    hooks = [module.register_forward_hook(record(name), with_kwargs=True)
+             for name, module in net.named_modules() if isinstance(module, EquivariantDownsample)]
     with torch.no_grad():
         net(images)
     for hook in hooks:
@@ -238,13 +241,18 @@ baseline (fixed phase), no circular shift of its map matches. We search all of t
 the best one."""),
         new_code_cell('''\
 def layer2_features(net, *images):
+    """The output of `layer2`: the last call of its last block's ReLU (a converted model runs its
+    leaf layers, so hooks go on leaves, not on containers such as `layer2`)."""
     store = []
-    hook = net.layer2.register_forward_hook(lambda module, inputs, output: store.append(output))
+    hook = net.layer2[-1].relu.register_forward_hook(lambda module, inputs, output: store.append(output))
+    outputs = []
     with torch.no_grad():
         for image in images:
+            store.clear()
             net(image)
+            outputs.append(store[-1])
     hook.remove()
-    return store
+    return outputs
 
 
 features, features_shifted = layer2_features(model, x, x_shifted)
@@ -359,10 +367,45 @@ plt.show()'''),
   grid: the red cells of its map repeat with period 4, its total stride.
 - MASS, with the very same weights, keeps the class under every shift, and its logits do not
   change at all (largest change 0, printed above): the feature maps are exact shifts of each other
-  (section 3), and `convert` swaps the global average pool for one that sums in a fixed order,
-  so even the last bit of the logits is the same.
+  (section 3), and `convert` swaps the global average pool for one whose sum does not depend
+  on the order of the pixels, so even the last bit of the logits is the same.
 - APS (`method="aps"`) is exactly invariant too. What sets MASS apart is that it keeps every layer
   of the original network, so trained weights transfer without retraining, as here."""),
+    ],
+)
+
+CHECK = Section(
+    "Check any model, layer by layer",
+    "runs `mass_lightning.check_equivariance` on a model that is not equivariant and on its "
+    "converted version, and reads the per-layer report.",
+    [
+        new_markdown_cell("""\
+`check_equivariance(model, x)` runs `x` and a few circular shifts of it through the model and
+compares every intermediate value with the matching shift of the unshifted one. For a converted
+model it knows how far each feature map must move (it follows the origins); for any other model
+only shifts by multiples of a map's stride can be predicted, and the report says so
+(`phase tracked: no`). The first value that is not equivariant names the layer to look at.
+
+The plain torchvision ResNet-18 (zero padding, fixed-phase stride 2) fails at its first layer;
+its MASS conversion passes everywhere."""),
+        new_code_cell('''\
+from mass_lightning import check_equivariance
+
+probe = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+plain_report = check_equivariance(original, probe)
+converted_report = check_equivariance(model, probe)
+print("plain ResNet-18, first failure:", plain_report.first_failure)
+lines = str(converted_report).splitlines()
+print("\\n".join(lines[:6] + ["..."] + lines[-3:]))
+report("plain ResNet-18 passes check_equivariance", plain_report.ok)
+report("converted ResNet-18 passes check_equivariance", converted_report.ok)
+report("largest error over all values of the converted ResNet-18",
+       max(layer.max_error for layer in converted_report.layers))'''),
+        new_markdown_cell("""\
+The same check runs inside `convert`: after converting, the model is run on a probe input and a
+few shifts of it, and a mismatch raises an error that names the first module that breaks (with
+`strict=False`, a warning). Models that cannot be made exact are refused before that, with the
+module and the reason (for example VGG: `avgpool: pools to a fixed (7, 7) grid ...`)."""),
     ],
 )
 
@@ -380,7 +423,7 @@ It runs on CPU in about a minute and needs no download. It uses the shared data 
 synthetic `PeriodicDefects` image when it does not. Lines that start with `exact:` are
 checked against a fresh run by the test suite.""",
     setup=[new_code_cell(SETUP)],
-    sections=[CONVERT, ORIGINS, FEATURES, EVERY_SHIFT],
+    sections=[CONVERT, ORIGINS, FEATURES, EVERY_SHIFT, CHECK],
 )
 
 # ---------------------------------------------------------------- notebook 2

@@ -35,13 +35,14 @@ TINY_DATA: dict[str, dict[str, Any]] = {
                       "num_workers": 0},
     },
 }
-#: Model settings that go with :data:`TINY_DATA` (and never download weights). A small
-#: learning rate: one step at the configs' rates on two tiny images can blow a randomly
-#: initialised network up (BatchNorm statistics of two samples), and the converted layers
-#: then refuse the non-finite maps, as they should.
+#: Model settings that go with :data:`TINY_DATA` (and never download weights). A negligible
+#: learning rate: one step on two 32x32 images can blow a randomly initialised ImageNet
+#: network up (BatchNorm over two samples of a 1x1 map gives gradients of ~1e9, also in the
+#: original torchvision models), and the converted layers then refuse the non-finite maps,
+#: as they should.
 TINY_MODEL: dict[str, dict[str, Any]] = {
-    "classification": {"num_classes": 6, "weights": None, "lr": 1e-3},
-    "segmentation": {"num_classes": 7, "ignore_index": 255, "encoder_weights": None, "lr": 1e-3},
+    "classification": {"num_classes": 6, "weights": None, "lr": 1e-8},
+    "segmentation": {"num_classes": 7, "ignore_index": 255, "encoder_weights": None, "lr": 1e-8},
 }
 
 

@@ -18,7 +18,6 @@ from torch import nn
 from mass_lightning import get_backbone, list_backbones, register_backbone
 from mass_lightning.backbones import load_checkpoint, registry
 from mass_lightning.errors import ConfigError
-from mass_lightning.layers import EquivariantDownsample
 
 # Every shift of a (size x size) input: 16x16 for the CIFAR ResNets (total stride <= 8),
 # 32x32 for the ImageNet models (1024 shifts, every residue of their total stride 32).
@@ -27,12 +26,7 @@ LARGE_SIZE = (64, 96)
 
 
 def total_stride(model: nn.Module) -> int:
-    stride = 1
-    layers = [m for m in model.modules() if isinstance(m, EquivariantDownsample) and m._stride_pair() != (1, 1)]
-    for layer in layers:
-        if layer.scope is None or layer is next(x for x in layers if x.scope is layer.scope):
-            stride *= layer._stride_pair()[0]
-    return stride
+    return model.conversion.input_multiple[0]
 
 
 def predict(model: nn.Module, batch: torch.Tensor, chunk: int = 128) -> torch.Tensor:

@@ -144,7 +144,7 @@ def test_unknown_backbone_is_one_clear_line(in_tmp, capsys):
         main(["fit", "--config", QUICKSTART, "--model.init_args.backbone", "resnet21"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert "mass-lightning: error: ConfigError: Unknown backbone 'resnet21'. Available:" in err
+    assert "mass-lightning: error: ConfigError: Unknown backbone 'resnet21'. Use one of" in err
     assert "Subtypes" not in err
 
 

@@ -19,7 +19,7 @@ from lightning.pytorch import Trainer
 
 from mass_lightning.cli import run_cli
 from mass_lightning.data import PeriodicDefectsDataModule
-from mass_lightning.errors import ConfigError, ConversionError
+from mass_lightning.errors import ConfigError
 from mass_lightning.tasks import ClassificationTask, SegmentationTask
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -112,34 +112,20 @@ def assert_exact(logits: torch.Tensor) -> None:
     torch.testing.assert_close(logits, reference, atol=1e-4 * float(logits.abs().max()), rtol=1e-4)
 
 
-def exact_or_refused(build) -> None:
-    """The task's model is exactly shift-invariant, or the conversion refuses it naming the layer."""
-    try:
-        task = build()
-    except ConversionError as error:
-        assert error.path and error.reason, f"a refusal must name the layer and the reason: {error}"
-        return
-    assert_exact(every_shift_logits(task))
-
-
-@pytest.mark.xfail(reason="needs the graph-based convert of issue 10", strict=False)
-def test_own_model_instance_is_exact_or_refused(models):
+def test_own_model_instance_is_exact(models):
+    """A shortcut named ``proj`` and a functional ``F.max_pool2d``: exact (the conversion follows the dataflow)."""
     torch.manual_seed(0)
-    exact_or_refused(lambda: ClassificationTask(backbone=models.InspectionNet(), method="mass", num_classes=6))
+    assert_exact(every_shift_logits(ClassificationTask(backbone=models.InspectionNet(), method="mass",
+                                                       num_classes=6)))
     baseline = ClassificationTask(backbone=models.InspectionNet(), method="baseline", num_classes=6)
     logits = every_shift_logits(baseline)
     assert (logits - logits[:1]).abs().max() > 1e-3 * logits.abs().max(), "the baseline must not look invariant"
 
 
-@pytest.mark.xfail(reason="needs the graph-based convert of issue 10", strict=False)
-def test_own_model_class_path_is_exact_or_refused(models, tmp_path, tiny_config):
+def test_own_model_class_path_is_exact(models, tmp_path, tiny_config):
     backbone = {"class_path": f"{MODULE}.InspectionNet", "init_args": {"num_classes": 6}}
     tiny = tiny_config("classification", model={"backbone": backbone})
-    try:
-        cli = run_cli(["fit", "--config", QUICKSTART, "--config", str(tiny), "--trainer.fast_dev_run", "1"])
-    except ConversionError as error:
-        assert error.path and error.reason
-        return
+    cli = run_cli(["fit", "--config", QUICKSTART, "--config", str(tiny), "--trainer.fast_dev_run", "1"])
     assert cli.trainer.callback_metrics["val/consistency"].item() == 1.0
     assert_exact(every_shift_logits(cli.model))
 
@@ -201,6 +187,6 @@ def test_segmentation_own_model_through_class_path(models, tiny_config):
     arch = {"class_path": f"{MODULE}.TinySegNet", "init_args": {"num_classes": 7}}
     tiny = tiny_config("segmentation", model={"arch": arch})
     cli = run_cli(["fit", "--config", str(segmentation), "--config", str(tiny), "--trainer.fast_dev_run", "1"])
-    assert type(cli.model.model).__name__ == "TinySegNet"
+    assert cli.model.model.conversion.source_class.__name__ == "TinySegNet"
     assert cli.model.hparams["arch"]["class_path"] == f"{MODULE}.TinySegNet"
     assert cli.trainer.callback_metrics["val/mascc"].item() == 1.0
