@@ -96,7 +96,7 @@ REFUSED: dict[str, tuple[str, str]] = {
     "squeezenet1_1": ("valid (unpadded)", "features.0"),
     "inception_v3": ("valid (unpadded)", "Conv2d_1a_3x3"),
     "maxvit_t": ("mixing positions", "window_attention"),
-    **{f"vgg{d}{bn}": ("fixed (7, 7) grid", "avgpool") for d in (11, 13, 16, 19) for bn in ("", "_bn")},
+    **{f"vgg{d}{bn}": ("fixed 7x7 grid", "avgpool") for d in (11, 13, 16, 19) for bn in ("", "_bn")},
     **{name: ("class token", "<top level>") for name in ("vit_b_16", "vit_b_32", "vit_h_14", "vit_l_16", "vit_l_32")},
     **{name: ("shifted_window_attention", "features.1.0.attn")
        for name in ("swin_t", "swin_s", "swin_b", "swin_v2_t", "swin_v2_s", "swin_v2_b")},

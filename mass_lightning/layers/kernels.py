@@ -30,6 +30,17 @@ def _pair(value: int | Sequence[int]) -> list[int]:
     return [int(value), int(value)] if isinstance(value, int) else [int(v) for v in value]
 
 
+def _canonical(t: Tensor) -> Tensor:
+    """``t`` with the strides of a freshly allocated NCHW tensor (a copy only if they differ)."""
+    expected, step = [], 1
+    for size in reversed(t.shape):
+        expected.append(step)
+        step *= size
+    if tuple(reversed(expected)) == t.stride():
+        return t
+    return t.clone(memory_format=torch.contiguous_format)
+
+
 def _use_onednn(x: Tensor, weight: Tensor) -> bool:
     return (x.device.type == "cpu" and x.dim() == 4 and torch.backends.mkldnn.is_available()
             and not torch.compiler.is_compiling() and not torch.jit.is_tracing() and not torch.jit.is_scripting())
@@ -59,11 +70,10 @@ def conv2d(
         return F.conv2d(x, weight, bias, stride, 0, dilation, groups)
     if x.dtype not in _ONEDNN_DTYPES:
         return F.conv2d(x, weight, bias, stride, 0, dilation, groups)
-    # oneDNN reads dense inputs only (a concatenation's slice, or an expanded map, is not).
-    layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
-        else torch.contiguous_format
-    x = x.contiguous(memory_format=layout)
-    weight = weight.contiguous()
+    # One layout, with exactly NCHW strides: oneDNN picks its kernel (and so its rounding) from
+    # the strides, and a map with size-1 axes can be "contiguous" with channels-last strides.
+    x = _canonical(x)
+    weight = _canonical(weight)
     with torch.autocast("cpu", enabled=False):
         return torch.mkldnn_convolution(x, weight, bias, [0, 0], _pair(stride), _pair(dilation), groups)
 

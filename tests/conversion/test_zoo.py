@@ -27,12 +27,6 @@ from mass_lightning.testing import FAMILY_REPRESENTATIVES, REFUSED, assert_shift
     torchvision_names
 
 ZOO = torchvision_names() + timm_names()
-#: Models whose every-shift check is slow on 2 CPU cores (more than ~10 GFLOPs at 224x224).
-HEAVY = {"regnet_y_128gf", "regnet_y_32gf", "regnet_x_32gf", "regnet_y_16gf", "regnet_x_16gf", "convnext_large",
-         "convnext_base", "efficientnet_b7", "efficientnet_b6", "efficientnet_v2_l", "efficientnet_v2_m",
-         "resnext101_64x4d", "resnext101_32x8d", "wide_resnet101_2", "densenet161", "resnet152"}
-
-
 def _random_shifts(size: tuple[int, int], count: int, seed: int) -> list[tuple[int, int]]:
     generator = torch.Generator().manual_seed(seed)
     return [(int(torch.randint(size[0], (), generator=generator)), int(torch.randint(size[1], (), generator=generator)))
@@ -76,8 +70,6 @@ def test_exact_or_refused_with_the_module(name):
     # every shift of one small input
     small = _input(converted, (1, 1), batch=1, seed=5)
     shifts = list(itertools.product(range(multiple[0]), range(multiple[1])))
-    if name in HEAVY:
-        shifts = shifts[:: max(1, len(shifts) // 128)]
     assert_shift_invariant(converted, small, shifts)
 
 
