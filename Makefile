@@ -11,7 +11,7 @@ export MPLBACKEND := Agg
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install -e ".[dev,notebooks]"
+	$(BIN)/python -m pip install -e ".[dev,notebooks,export]"
 	touch $(STAMP)
 
 install: $(STAMP)

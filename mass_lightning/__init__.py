@@ -27,7 +27,8 @@ _LAZY_NAMES: dict[str, str] = {
     "register_backbone": ".backbones",
 }
 _SUBPACKAGES: tuple[str, ...] = (
-    "backbones", "checkpoints", "cli", "conversion", "data", "errors", "layers", "metrics", "tasks", "testing",
+    "backbones", "checkpoints", "cli", "conversion", "data", "errors", "export", "layers", "metrics", "tasks",
+    "testing",
 )  # fmt: skip
 
 __all__ = ["__version__", *_LAZY_NAMES]

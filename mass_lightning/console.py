@@ -16,7 +16,8 @@ __all__ = ["DESCRIPTION", "LIGHTNING_DESCRIPTION", "SUBCOMMANDS", "lightning_mai
 
 DESCRIPTION = (
     "Train and evaluate exactly shift-equivariant CNNs (MASS) with PyTorch Lightning. "
-    "Example: %(prog)s fit --config configs/quickstart.yaml"
+    "Example: %(prog)s fit --config configs/quickstart.yaml. "
+    "Export a trained run to ONNX: %(prog)s export --ckpt_path <run>/checkpoints/last.ckpt (see %(prog)s export --help)."
 )
 """Help text of ``mass-lightning``."""
 

@@ -199,3 +199,41 @@ def assert_shift_equivariant(model: nn.Module, x: Tensor, shifts: Sequence[tuple
                 if not torch.equal(got[i], torch.roll(expected[i], shift, dims=(-2, -1))):
                     error = float((got[i] - torch.roll(expected[i], shift, dims=(-2, -1))).abs().max())
                     raise AssertionError(f"output for shift {shift} is not the shifted output (max {error:.3g})")
+
+
+def tie_images(channels: int, size: tuple[int, int], dense: bool = False) -> dict[str, Tensor]:
+    """Inputs whose polyphase statistics tie, one ``(1, channels, *size)`` image each.
+
+    Constant maps, stripes, checkerboards, a tiled random 4x4 cell, a lattice of a cell and
+    its mirror image (period 4x8) and a point-symmetric 4x4 lattice; for invariant outputs
+    (``dense=False``) also a mirror lattice of odd period (3x6). The origin rule cannot break
+    these ties by content, so they test that the tie-breaking keeps outputs exact. A dense
+    output cannot be exact on an input that repeats with a period the stride does not divide
+    (the odd lattice at sizes that are multiples of 3: ``docs/exactness.md``, section 3), so
+    ``dense=True`` leaves it out.
+    """
+    height, width = size
+    rows = torch.arange(height).view(-1, 1).expand(height, width)
+    cols = torch.arange(width).view(1, -1).expand(height, width)
+
+    def tile(cell: Tensor) -> Tensor:
+        return cell.repeat(1, -(-height // cell.shape[1]), -(-width // cell.shape[2]))[:, :height, :width]
+
+    def random_cell(rows: int, cols: int, seed: int) -> Tensor:
+        return torch.randn(channels, rows, cols, generator=torch.Generator().manual_seed(seed))
+
+    mirrored = random_cell(4, 4, 9)
+    corner = random_cell(2, 2, 10)
+    half = torch.cat([corner, corner.flip(-1)], -1)
+    images = {
+        "constant": torch.full((channels, height, width), 0.7),
+        "stripes": ((cols % 2) * 2.0 - 1.0).expand(channels, height, width),
+        "checkerboard": (((rows + cols) % 2) * 2.0 - 1.0).expand(channels, height, width),
+        "tiled random cell": tile(random_cell(4, 4, 8)),
+        "mirror lattice": tile(torch.cat([mirrored, mirrored.flip(-1)], -1)),
+        "point-symmetric lattice": tile(torch.cat([half, half.flip(-2)], -2)),
+    }
+    if not dense:
+        odd = random_cell(3, 3, 7)
+        images["odd-period mirror lattice"] = tile(torch.cat([odd, odd.flip(-1)], -1))
+    return {name: image.unsqueeze(0).contiguous() for name, image in images.items()}

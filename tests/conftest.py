@@ -18,6 +18,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if (REPO_ROOT.parent / "shared" / "data").is_dir():
     os.environ.setdefault("MASS_LIGHTNING_DATA", str(REPO_ROOT.parent / "shared" / "data"))
 
+#: torch's own thread count on this machine (what users run with), before the line below.
+DEFAULT_THREADS = torch.get_num_threads()
 # pytest-xdist runs one worker per core: one intra-op thread each avoids oversubscription.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
@@ -58,6 +60,15 @@ def single_thread():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def default_threads():
+    """torch's default thread count (all cores), as users run, for tests of multi-threaded kernels."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(DEFAULT_THREADS)
+    yield DEFAULT_THREADS
     torch.set_num_threads(threads)
 
 

@@ -50,7 +50,8 @@ def input_multiple(arch: str, output_stride: int | None = None, encoder_depth: i
     * PSPNet (encoder depth 3 by default, total stride 8) and UPerNet (stride 32): the
       pyramid pooling splits the deepest map into 1, 2, 3 and 6 bins, so the deepest map
       must be a multiple of 6;
-    * PAN: its feature pyramid attention halves the stride-32 map three more times (256);
+    * PAN: smp runs its encoder at output stride 16, and the feature pyramid attention halves
+      that map three more times (128);
     * the others: ``2 ** encoder_depth`` (32).
     """
     arch = arch.lower()
@@ -61,7 +62,7 @@ def input_multiple(arch: str, output_stride: int | None = None, encoder_depth: i
     if arch == "upernet":
         return 2 ** encoder_depth * math.lcm(*_PYRAMID_BINS[arch])
     if arch == "pan":
-        return 2 ** encoder_depth * 8
+        return 16 * 8
     return 2 ** encoder_depth
 
 

@@ -18,7 +18,7 @@ from .main import main
 
 __all__ = ["OWN_SUBCOMMANDS", "find_sdk_entry_point", "lightning_main"]
 
-OWN_SUBCOMMANDS: tuple[str, ...] = ("fit", "validate", "test", "predict")
+OWN_SUBCOMMANDS: tuple[str, ...] = ("fit", "validate", "test", "predict", "export")
 """Subcommands that this wrapper runs with :func:`~mass_lightning.cli.main`."""
 
 SDK_MODULE = "lightning_sdk.cli.entrypoint"

@@ -123,7 +123,7 @@ def run_cli(
 
 
 def main(args: ArgsType = None, *, prog: str = "mass-lightning", description: str = DESCRIPTION) -> None:
-    """Entry point of ``mass-lightning {fit,validate,test,predict} --config ...``.
+    """Entry point of ``mass-lightning {fit,validate,test,predict} --config ...`` and ``mass-lightning export``.
 
     The model is any :class:`~mass_lightning.tasks.BaseTask` subclass and the data any
     ``LightningDataModule`` (``class_path`` + ``init_args`` in the config); several
@@ -142,8 +142,14 @@ def main(args: ArgsType = None, *, prog: str = "mass-lightning", description: st
     Example:
         >>> main(["fit", "--config", "configs/quickstart.yaml"])  # doctest: +SKIP
     """
+    argv = sys.argv[1:] if args is None else list(args)  # type: ignore[arg-type]
     try:
-        run_cli(args, prog=prog, description=description)
+        if argv and argv[0] == "export":
+            from .export import export_main
+
+            export_main(argv[1:])
+        else:
+            run_cli(args, prog=prog, description=description)
     except Exception as error:
         cause = _user_error(error)
         if cause is None or os.environ.get(DEBUG_ENV_VAR, "").strip() not in ("", "0"):

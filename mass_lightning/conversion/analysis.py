@@ -187,6 +187,21 @@ def _is_stochastic_depth(target: Any) -> bool:
         str(getattr(target, "__module__", "")).startswith("torchvision")
 
 
+def _static_same_lead(module: nn.Conv2d) -> tuple[int, int] | None:
+    """The leading padding of a conv whose forward zero-pads with a fixed ``static_padding``
+    module and then runs ``F.conv2d`` with ``self.padding`` (TF "same" convs of EfficientNet
+    ports such as smp's ``Conv2dStaticSamePadding``; smp's dilation sets ``static_padding`` to
+    ``nn.Identity`` and ``padding`` instead), else ``None``. Its circular version pads
+    circularly by the same leading amount."""
+    static = getattr(module, "static_padding", None)
+    if static is None or type(module).forward is nn.Conv2d.forward or isinstance(module.padding, str):
+        return None
+    top, left = as_pair(module.padding, "padding", 0)
+    if isinstance(static, nn.ZeroPad2d) or (isinstance(static, nn.ConstantPad2d) and static.value == 0):
+        return (top + static.padding[2], left + static.padding[0])
+    return (top, left) if isinstance(static, nn.Identity) else None
+
+
 def _same_pad_lead(kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int]) -> tuple[int, int]:
     """TF/timm "same" padding's leading side for sizes the stride divides."""
     return tuple(max((k - 1) * d + 1 - s, 0) // 2 for k, s, d in zip(kernel, stride, dilation))  # type: ignore[return-value]
@@ -401,11 +416,14 @@ class Analysis:
         same_types = timm_types("Conv2dSame")
         dynamic_same = isinstance(module, same_types) or bool(getattr(module, "same_pad", False))
         padding: Any = _same_pad_lead(module.kernel_size, stride, dilation) if dynamic_same else module.padding
+        static_lead = _static_same_lead(module)
+        if static_lead is not None:
+            padding = static_lead
         try:
             x, lead, source = self.conv_geometry(node, x, module.kernel_size, stride, dilation, padding)
         except _NotSpatial:
             return self.non_spatial_op(node, x)
-        own_forward = None if not isinstance(module, same_types) else False
+        own_forward = None if not (isinstance(module, same_types) or static_lead is not None) else False
         strided = stride != (1, 1)
         if strided and self.method == "aps_official":
             activation = self.bn_activation_after(node)

@@ -98,6 +98,7 @@ def _compare(reference: Tensor, shifted: Tensor, info: Any, shift: tuple[int, in
     ``shifted`` and a roll of its reference (the roll depends on the sample's origins)."""
     if reference.shape != shifted.shape:
         return math.inf
+    reference, shifted = reference.detach(), shifted.detach()
     if not reference.is_floating_point():
         reference, shifted = reference.double(), shifted.double()
     if isinstance(info, Invariant):

@@ -152,6 +152,16 @@ class ShiftEquivariantModel(nn.Module):
                 ) from None
             raise
 
+    def __getitem__(self, index: int | slice) -> Any:
+        """Children by position, for a converted ``nn.Sequential`` or ``nn.ModuleList``
+        (``converted[1]`` is the original's second layer)."""
+        source = self.conversion.source_class
+        if not issubclass(source, (nn.Sequential, nn.ModuleList)):
+            raise TypeError(f"the converted {source.__name__} is not indexable (it was not an nn.Sequential or "
+                            "nn.ModuleList); reach its layers by name, e.g. model.layer1.")
+        children = list(self._modules.values())
+        return children[index]
+
     def source_model(self) -> nn.Module:
         """A copy of the original model (original layers and forward, current parameters)."""
         clone = copy.deepcopy(self)  # one copy: the sources still share their parameters with the clone

@@ -52,7 +52,10 @@ def circular_upsample(
     Output pixel ``r * i + a`` of each axis is a fixed combination (weights depending on the
     phase ``a`` only) of input pixels ``i - 1 .. i + 2`` (modulo the size), computed with the
     same arithmetic at every position; ``F.interpolate`` instead derives the weights from a
-    float scale per pixel, which rounds differently along the axis. Values match
+    float scale per pixel, which rounds differently along the axis. Each output is written
+    as its heaviest tap plus weighted differences, so a map that is constant along an axis
+    stays exactly constant (a constant input gives a constant output, as equivariance
+    requires). Values match
     ``F.interpolate(..., align_corners=False)`` away from the borders up to float rounding.
     ``align_corners`` is not an option: the corners of a torus are not special, so
     ``align_corners=True`` upsampling becomes this one (documented in ``docs/exactness.md``).
@@ -95,12 +98,15 @@ def _upsample_axis(x: Tensor, factor: int, dim: int, mode: str) -> Tensor:
             taps = {low: 1.0 - t, low + 1: t}
         else:
             taps = dict(zip(range(low - 1, low + 3), _cubic_weights(t)))
-        out = None
+        # x_c + sum_k w_k (x_k - x_c), around the heaviest tap c: the weights sum to 1, and
+        # in this form a map that is constant along the axis stays exactly constant.
+        centre_offset = max(taps, key=lambda k: taps[k])
+        base = torch.roll(x, -centre_offset, dim) if centre_offset else x
+        out = base
         for offset, weight in taps.items():
-            if weight == 0.0:
+            if weight == 0.0 or offset == centre_offset:
                 continue
-            term = torch.roll(x, -offset, dim) * weight
-            out = term if out is None else out + term
+            out = out + (torch.roll(x, -offset, dim) - base) * weight
         phases.append(out)
     stacked = torch.stack(phases, dim=dim + 1)
     shape = list(x.shape)

@@ -38,9 +38,12 @@ _TIMM_MODULES = ("timm.layers", "timm.layers.pool2d_same", "timm.layers.conv2d_s
 
 
 def timm_types(*names: str) -> tuple[type, ...]:
-    """timm layer classes by name (empty if timm is not installed)."""
+    """timm layer classes by name (empty if timm is not imported: then no model holds them)."""
     import importlib
+    import sys
 
+    if "timm" not in sys.modules:
+        return ()
     found: list[type] = []
     for name in names:
         for module_name in _TIMM_MODULES:

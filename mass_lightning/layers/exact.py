@@ -64,7 +64,7 @@ def exact_sum(x: Tensor, dim: int | Sequence[int] | None = None, keepdim: bool =
         True
     """
     dims = _dims(x, dim)
-    count = math.prod(x.shape[d] for d in dims) if dims else 1
+    count = math.prod([x.shape[d] for d in dims]) if dims else 1
     if count == 0:
         return x.sum(dims, keepdim=keepdim)
     # Each term below 2^bits, so that a sum of `count` terms stays below 2^62.
@@ -104,7 +104,7 @@ def exact_mean(x: Tensor, dim: int | Sequence[int] | None = None, keepdim: bool 
         True
     """
     dims = _dims(x, dim)
-    count = math.prod(x.shape[d] for d in dims) if dims else 1
+    count = math.prod([x.shape[d] for d in dims]) if dims else 1
     total = exact_sum(x.double() if x.dtype != torch.float64 else x, dims, keepdim=keepdim)
     return (total / max(count, 1)).to(x.dtype)
 

@@ -13,6 +13,7 @@ use it; :class:`OneDNNConvolutions` routes the ``F.conv2d`` calls of a conv subc
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,9 +42,17 @@ def _canonical(t: Tensor) -> Tensor:
     return t.clone(memory_format=torch.contiguous_format)
 
 
+@functools.cache
+def _onednn_available() -> bool:
+    return torch.backends.mkldnn.is_available()
+
+
 def _use_onednn(x: Tensor, weight: Tensor) -> bool:
-    return (x.device.type == "cpu" and x.dim() == 4 and torch.backends.mkldnn.is_available()
-            and not torch.compiler.is_compiling() and not torch.jit.is_tracing() and not torch.jit.is_scripting())
+    # The compiler check comes first: under torch.compile it is a constant, so nothing after it
+    # is traced (torch.backends.mkldnn.is_available would break the graph).
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
+        return False
+    return x.device.type == "cpu" and x.dim() == 4 and _onednn_available()
 
 
 def conv2d(

@@ -108,7 +108,7 @@ def position_free_sum(x: Tensor, dim: int | Sequence[int] | None = None, keepdim
     longer reductions use :func:`~mass_lightning.layers.exact_sum`.
     """
     dims = _dims(x, dim)
-    count = math.prod(x.shape[d] for d in dims)
+    count = math.prod([x.shape[d] for d in dims])
     if count > _SEQUENTIAL_LIMIT or len(dims) != 1:
         return exact_sum(x, dims, keepdim=keepdim)
     parts = x.unbind(dims[0])
@@ -121,7 +121,7 @@ def position_free_sum(x: Tensor, dim: int | Sequence[int] | None = None, keepdim
 def position_free_mean(x: Tensor, dim: int | Sequence[int] | None = None, keepdim: bool = False) -> Tensor:
     """A mean over ``dim`` computed alike at every position (see :func:`position_free_sum`)."""
     dims = _dims(x, dim)
-    return position_free_sum(x, dims, keepdim) / math.prod(x.shape[d] for d in dims)
+    return position_free_sum(x, dims, keepdim) / math.prod([x.shape[d] for d in dims])
 
 
 def softmax(x: Tensor, dim: int, dtype: torch.dtype | None = None) -> Tensor:

@@ -56,7 +56,9 @@ candidates are then identical up to a stride-multiple shift; dense outputs may n
 
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -323,6 +325,13 @@ def select_origin(x: Tensor, stride: int | tuple[int, int]) -> Tensor:
     return origin
 
 
+def _without_autocast(device_type: str) -> contextlib.AbstractContextManager[Any]:
+    """Autocast off, entered only when it is on (an exported graph then holds no autocast region)."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def select_origin_and_finiteness(x: Tensor, stride: int | tuple[int, int]) -> tuple[Tensor, Tensor]:
     """:func:`select_origin` and a ``(B,)`` bool tensor, ``False`` for samples with NaN or Inf.
 
@@ -336,7 +345,7 @@ def select_origin_and_finiteness(x: Tensor, stride: int | tuple[int, int]) -> tu
     if sy == 1 and sx == 1:
         origin = torch.zeros(batch, 2, dtype=torch.int64, device=x.device)
         return origin, torch.ones(batch, dtype=torch.bool, device=x.device)
-    with torch.autocast(device_type=x.device.type, enabled=False):
+    with _without_autocast(x.device.type):
         index, decided, finite = _fast_energy_argmax(x, (sy, sx))
         if torch.compiler.is_compiling():
             # torch.cond instead of a Python branch: no graph break. The exact rule then runs

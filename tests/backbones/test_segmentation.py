@@ -22,12 +22,12 @@ from mass_lightning import convert, get_segmentation_model
 from mass_lightning.backbones.segmentation import EXACT_ARCHS, input_multiple
 from mass_lightning.data.paths import data_root
 from mass_lightning.errors import ConfigError, ConversionError, InputSizeError
-from mass_lightning.testing import assert_shift_equivariant, randomize_norms
+from mass_lightning.testing import assert_shift_equivariant, randomize_norms, tie_images
 
 ENCODERS = ("resnet34", "mobilenet_v2", "efficientnet-b0", "tu-regnety_008")
 #: Slim decoders keep the every-shift checks fast; the layers are smp's all the same.
 SLIM = {"unet": {"decoder_channels": (32, 16, 16, 16, 16)}, "unetplusplus": {"decoder_channels": (16, 16, 16, 16, 16)},
-        "fpn": {"decoder_pyramid_channels": 32, "decoder_segmentation_channels": 16},
+        "fpn": {"decoder_pyramid_channels": 32, "decoder_segmentation_channels": 32},
         "linknet": {}, "deeplabv3": {"decoder_channels": 32}, "deeplabv3plus": {"decoder_channels": 32}}
 
 
@@ -75,6 +75,17 @@ def test_baseline_is_not_equivariant_but_is_for_multiples_of_the_stride(arch):
     x = torch.randn(2, 3, multiple[0] * 2, multiple[1] * 2, generator=torch.Generator().manual_seed(4))
     assert not _equivariant(model, x, [(1, 0), (3, 5)])
     assert _equivariant(model, x, [(multiple[0], 0), (0, multiple[1])])
+
+
+@pytest.mark.parametrize("arch", ["unet", "deeplabv3plus", "fpn"])
+def test_tie_families_give_exactly_shifted_maps(arch):
+    """Constant, striped, checkerboard and lattice inputs, whose polyphase norms tie: upsampling
+    keeps constant maps exactly constant, so the label maps still shift exactly."""
+    model = _model(arch, encoder="resnet18")
+    size = (64, 96)
+    shifts = [(1, 0), (0, 1), (1, 1)] + _shifts(size, 3, seed=12)
+    for kind, image in tie_images(3, size, dense=True).items():
+        assert _equivariant(model, image, shifts), kind
 
 
 def test_argmax_maps_agree_on_every_pixel_under_bf16_autocast():

@@ -104,6 +104,18 @@ def test_reentrant_call_from_inside_a_forward(model_and_size):
     assert torch.equal(seen[1], expected_inner)
 
 
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "timm/regnety_008"])
+def test_exact_at_the_default_thread_count(name, default_threads):
+    """Multi-threaded kernels (batch 4, all cores) are as exact as single-threaded ones."""
+    torch.manual_seed(0)
+    model = convert(build(name)).eval()
+    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        reference = model(x)
+        for shift in [(1, 0), (13, 45), (63, 63)]:
+            assert torch.equal(model(torch.roll(x, shift, (2, 3))), reference), shift
+
+
 def test_non_finite_input_is_an_error_naming_the_layer(model_and_size):
     model, size = model_and_size
     x = _inputs(size, 1)[0]
@@ -113,10 +125,27 @@ def test_non_finite_input_is_an_error_naming_the_layer(model_and_size):
             model(x)
 
 
+@pytest.mark.parametrize("mode", ["eval", "train"])
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "convnext_tiny", "efficientnet_b0", "timm/regnety_008",
+                                  "deeplabv3plus", "unet", "fpn"])
+def test_compiles_as_one_graph(name, mode):
+    """No graph break: torch.compile sees the whole converted forward (fullgraph=True raises on a break)."""
+    torch.manual_seed(0)
+    if name in ("deeplabv3plus", "unet", "fpn"):
+        model = get_segmentation_model(name, encoder="resnet18", num_classes=3, encoder_weights=None)
+    else:
+        model = convert(build(name), antialias="lpf3" if name == "resnet18" else None)
+    model.train(mode == "train")
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    with torch.set_grad_enabled(mode == "train"):
+        compiled(torch.randn(2, 3, 64, 64))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["classifier", "deeplabv3plus"])
-def test_inductor_compile(kind):
-    """Compiled: bit-identical under shifts within the compiled model, close to eager, NaN stays NaN."""
+def test_inductor_compile(kind, default_threads):
+    """Compiled (at the default thread count): bit-identical under shifts within the compiled
+    model, close to eager, NaN stays NaN."""
     model, size = _model(kind)
     compiled = torch.compile(model)
     x = _inputs(size, 1)[0]

@@ -23,8 +23,8 @@ import torch
 
 from mass_lightning import convert
 from mass_lightning.errors import ConversionError
-from mass_lightning.testing import FAMILY_REPRESENTATIVES, REFUSED, assert_shift_invariant, build, timm_names, \
-    torchvision_names
+from mass_lightning.testing import FAMILY_REPRESENTATIVES, REFUSED, assert_shift_invariant, build, tie_images, \
+    timm_names, torchvision_names
 
 ZOO = torchvision_names() + timm_names()
 def _random_shifts(size: tuple[int, int], count: int, seed: int) -> list[tuple[int, int]]:
@@ -73,23 +73,6 @@ def test_exact_or_refused_with_the_module(name):
     assert_shift_invariant(converted, small, shifts)
 
 
-def _tie_images(channels: int, size: tuple[int, int]) -> dict[str, torch.Tensor]:
-    height, width = size
-    rows = torch.arange(height).view(-1, 1).expand(height, width)
-    cols = torch.arange(width).view(1, -1).expand(height, width)
-    cell = torch.randn(channels, 3, 3, generator=torch.Generator().manual_seed(7))
-    mirror = torch.cat([cell, cell.flip(-1)], -1)
-    images = {
-        "constant": torch.full((channels, height, width), 0.7),
-        "stripes": ((cols % 2) * 2.0 - 1.0).expand(channels, height, width),
-        "checkerboard": (((rows + cols) % 2) * 2.0 - 1.0).expand(channels, height, width),
-        "tiled_random": torch.randn(channels, 4, 4, generator=torch.Generator().manual_seed(8)).repeat(
-            1, height // 4, width // 4),
-        "mirror_lattice": mirror.repeat(1, -(-height // 3), -(-width // 6))[:, :height, :width],
-    }
-    return {k: v.unsqueeze(0).contiguous() for k, v in images.items()}
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", FAMILY_REPRESENTATIVES)
 def test_family_bf16_autocast_and_forced_ties(name):
@@ -98,7 +81,7 @@ def test_family_bf16_autocast_and_forced_ties(name):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         _logits_equal_under(converted, x, _random_shifts(tuple(x.shape[-2:]), 2, seed=10))
     size = (converted.conversion.input_multiple[0] * 2, converted.conversion.input_multiple[1] * 2)
-    for kind, image in _tie_images(x.shape[1], size).items():
+    for kind, image in tie_images(x.shape[1], size).items():
         shifts = [(1, 0), (0, 1), (1, 1)] + _random_shifts(size, 3, seed=11)
         try:
             _logits_equal_under(converted, image, shifts)
