@@ -2,7 +2,7 @@
 
 Every architecture runs as
 
-* ``original``: the torchvision model (zero padding), the reference;
+* ``original``: the torchvision (or zero-padded smp) model, the reference;
 * ``circular``: every conv and pool circularly padded (``convert(method="baseline")``);
 * ``mass``: MASS (``convert(method="mass")``);
 * ``aps``: adaptive polyphase sampling (``convert(method="aps")``);
@@ -16,38 +16,47 @@ downloaded). Measured, in one process:
 
 * inference time: ``eval()``, ``torch.no_grad()``, one forward pass of a batch;
 * training-step time: ``train()``, forward, cross-entropy, backward, SGD step;
+* with ``--compile``, the same two for ``torch.compile(model)`` (default mode, no freezing)
+  of the original and of MASS, each against the compiled original;
 * peak memory of a training step: on CUDA ``torch.cuda.max_memory_allocated``; on CPU the
   running total of the allocations and frees that PyTorch's CPU allocator reports to
   ``torch.profiler`` (``profile_memory=True``) during one step. Both are reported as the
   bytes held by the model's parameters, buffers and optimizer state plus the peak of what
-  the step allocates on top (activations, gradients, temporaries). Scratch memory that a
-  backend allocates outside PyTorch's allocator (oneDNN, cuDNN workspaces on CPU) is not
-  seen.
+  the step allocates on top. Scratch memory that a backend allocates outside PyTorch's
+  allocator (oneDNN, cuDNN workspaces on CPU) is not seen.
 
-Timings are made robust to a shared, noisy machine. After a warm-up pass of every variant,
-each round times every variant once, in an order that rotates from round to round, and the
-report keeps the minimum and the median over the rounds. Ratios are taken against the
-architecture's ``original`` variant measured in the same run: the headline is the median of
-the per-round ratios (paired, so a slow spell of the machine hits both sides), the ratio of
-the minima is given too. On CPU the headline clock is the CPU time of the process
-(``time.process_time``: user + system, so page faults count) with one thread by default:
-wall time on a shared machine mostly measures the other jobs' time slices. Wall times are
-kept in the JSON too. On CUDA the clock is wall time, synchronised.
+Timing: after a warm-up pass of every variant, each round times every variant once, in an
+order that rotates from round to round. Ratios are against the architecture's ``original``
+(or compiled original) in the same run: the median of the per-round ratios (paired, so a
+slow spell of the machine hits both sides) and the ratio of the minima. The clock is wall
+time (``--clock cpu``: process CPU time); both are kept in the JSON.
+
+Regimes (``--regime``; each writes ``docs/benchmarks/speed/<regime>.{md,json}``):
+
+* ``all-cores`` (default): torch's default thread count, batch 16, 224x224, ResNet-18/50,
+  MobileNetV2, ConvNeXt-T; what a user running on a CPU sees;
+* ``one-thread``: one thread, batch 4, every method (the setting of the first benchmark);
+* ``compile``: all cores, batch 16, ResNet-18/50, eager and compiled;
+* ``periodic``: all cores, batch 16, ResNet-18 on a tiled lattice, whose polyphase norms tie
+  (MASS takes its exact tie-breaking path), eager and compiled;
+* ``segmentation``: all cores, batch 4, 512x512, smp U-Net-ResNet34 and DeepLabV3+-ResNet18
+  (zero-padded smp model as the original), MASS and APS;
+* ``all``: each of the above in turn.
 
 Usage::
 
-    python benchmarks/speed.py                      # all models, CPU, 5-10 min on 2 slow cores
-    python benchmarks/speed.py --models resnet18 --batch-size 8 --rounds 9
-    python benchmarks/speed.py --models resnet18 --methods original mass --compile
+    python benchmarks/speed.py                          # all-cores, about 10 min on 2 cores
+    python benchmarks/speed.py --regime all             # every regime, about 45 min
+    python benchmarks/speed.py --models resnet18 --methods original mass --batch-size 8 --rounds 12
     python benchmarks/speed.py --quick --output-dir /tmp/bench   # seconds, a smoke run
 
-Outputs ``speed.json`` and ``speed.md`` in ``--output-dir`` (default ``docs/benchmarks``)
-and prints the table.
+Prints the table of each regime and writes it under ``--output-dir``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import datetime
 import json
@@ -72,14 +81,45 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 
 from mass_lightning import convert  # noqa: E402
 
-MODELS: dict[str, Callable[[], nn.Module]] = {
+CLASSIFIERS: dict[str, Callable[[], nn.Module]] = {
     "resnet18": torchvision.models.resnet18,
     "resnet50": torchvision.models.resnet50,
     "mobilenet_v2": torchvision.models.mobilenet_v2,
     "convnext_tiny": torchvision.models.convnext_tiny,
 }
+#: smp segmentation models: (architecture, encoder); 21 classes (PASCAL VOC).
+SEGMENTERS: dict[str, tuple[str, str]] = {
+    "unet_resnet34": ("unet", "resnet34"),
+    "deeplabv3plus_resnet18": ("deeplabv3plus", "resnet18"),
+}
+MODELS = [*CLASSIFIERS, *SEGMENTERS]
 METHODS = ("original", "circular", "mass", "aps", "lpf3", "blurpool")
 BLURPOOL_FILTER_SIZE = 3
+NUM_CLASSES = {"classifier": 1000, "segmenter": 21}
+
+#: Settings of each regime; options given on the command line override them.
+REGIMES: dict[str, dict[str, Any]] = {
+    "all-cores": {"models": list(CLASSIFIERS), "methods": ["original", "circular", "mass"], "threads": 0,
+                  "batch_size": 16, "image_size": 224},
+    "one-thread": {"models": ["resnet18", "resnet50"], "methods": list(METHODS), "threads": 1, "batch_size": 4,
+                   "image_size": 224},
+    "compile": {"models": ["resnet18", "resnet50"], "methods": ["original", "mass"], "threads": 0, "batch_size": 16,
+                "image_size": 224, "compile": True},
+    "periodic": {"models": ["resnet18"], "methods": ["original", "mass"], "threads": 0, "batch_size": 16,
+                 "image_size": 224, "compile": True, "input": "periodic"},
+    "segmentation": {"models": list(SEGMENTERS), "methods": ["original", "mass", "aps"], "threads": 0,
+                     "batch_size": 4, "image_size": 512},
+}
+
+
+def build_original(name: str) -> nn.Module:
+    """The reference model of ``name``: torchvision's, or smp's with zero padding."""
+    if name in CLASSIFIERS:
+        return CLASSIFIERS[name]()
+    import segmentation_models_pytorch as smp
+
+    arch, encoder = SEGMENTERS[name]
+    return smp.create_model(arch, encoder_name=encoder, encoder_weights=None, classes=NUM_CLASSES["segmenter"])
 
 
 def build_variant(name: str, original: nn.Module, method: str) -> nn.Module | None:
@@ -93,7 +133,7 @@ def build_variant(name: str, original: nn.Module, method: str) -> nn.Module | No
     if method == "lpf3":
         return convert(original, method="baseline", antialias="lpf3")
     if method == "blurpool":
-        return _blurpool(name, original)
+        return _blurpool(name, original) if name in CLASSIFIERS else None
     raise ValueError(f"Unknown method {method!r}; choose from {', '.join(METHODS)}.")
 
 
@@ -111,7 +151,7 @@ def _blurpool(name: str, original: nn.Module) -> nn.Module | None:
 
 
 class Runner:
-    """Times the inference and the training step of one model variant."""
+    """Times the inference and the training step of one model variant (compiled or not)."""
 
     def __init__(
         self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device, compiled: bool = False
@@ -122,15 +162,24 @@ class Runner:
         self.forward = torch.compile(self.model) if compiled else self.model
         self.compiled = compiled
 
+    autocast: torch.dtype | None = None
+    """Run forward passes under ``torch.autocast`` to this dtype (``None``: float32)."""
+
+    def _autocast(self) -> Any:
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast)
+
     def infer(self) -> None:
         self.model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), self._autocast():
             self.forward(self.images)
 
     def train_step(self) -> None:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(self.model(self.images), self.labels)
+        with self._autocast():
+            loss = F.cross_entropy(self.forward(self.images), self.labels)
         loss.backward()
         self.optimizer.step()
 
@@ -186,17 +235,31 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def make_batch(name: str, args: argparse.Namespace, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded batch: random images, or a tiled random 4x4 cell (``--input periodic``), and labels."""
+    generator = torch.Generator().manual_seed(1)
+    size, batch = args.image_size, args.batch_size
+    if args.input == "periodic":
+        cell = torch.randn(batch, 3, 4, 4, generator=generator)
+        images = cell.repeat(1, 1, size // 4, size // 4)
+    else:
+        images = torch.randn(batch, 3, size, size, generator=generator)
+    if name in SEGMENTERS:
+        labels = torch.randint(0, NUM_CLASSES["segmenter"], (batch, size, size), generator=generator)
+    else:
+        labels = torch.randint(0, NUM_CLASSES["classifier"], (batch,), generator=generator)
+    if args.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images.to(device), labels.to(device)
+
+
 def benchmark_model(
     name: str, methods: list[str], args: argparse.Namespace, device: torch.device, log: Callable[[str], None]
 ) -> dict[str, Any]:
     """All measurements of one architecture; times in seconds, memory in bytes."""
     torch.manual_seed(0)
-    original = MODELS[name]().eval()
-    generator = torch.Generator().manual_seed(1)
-    images = torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=generator).to(device)
-    labels = torch.randint(0, 1000, (args.batch_size,), generator=generator).to(device)
-    if args.channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
+    original = build_original(name).eval()
+    images, labels = make_batch(name, args, device)
     runners: dict[str, Runner] = {}
     skipped: dict[str, str] = {}
     for method in methods:
@@ -209,23 +272,24 @@ def benchmark_model(
         runners[method] = Runner(model, images, labels, device)
         if args.compile and method in ("original", "mass"):
             runners[f"{method}+compile"] = Runner(copy.deepcopy(model), images, labels, device, compiled=True)
-    all_tasks = [("inference", "infer")] + ([("train", "train_step")] if args.train else [])
-    tasks = {m: all_tasks[:1] if r.compiled else all_tasks for m, r in runners.items()}
-    times: dict[str, dict[str, list[float]]] = {m: {task: [] for task, _ in tasks[m]} for m in runners}
-    cpu_times: dict[str, dict[str, list[float]]] = {m: {task: [] for task, _ in tasks[m]} for m in runners}
+    for runner in runners.values():
+        runner.autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.autocast)
+    tasks = [("inference", "infer")] + ([("train", "train_step")] if args.train else [])
+    times: dict[str, dict[str, list[float]]] = {m: {task: [] for task, _ in tasks} for m in runners}
+    cpu_times: dict[str, dict[str, list[float]]] = {m: {task: [] for task, _ in tasks} for m in runners}
     compile_s: dict[str, float] = {}
     order = list(runners)
     log(f"{name}: warm-up of {', '.join(order)}")
     for method, runner in runners.items():
-        if runner.compiled:  # the first call compiles
-            compile_s[method] = runner.timed(runner.infer)[0]
+        if runner.compiled:  # the first calls compile (a training step compiles its own graphs)
+            compile_s[method] = sum(runner.timed(getattr(runner, fn))[0] for _, fn in tasks)
         for _ in range(args.warmup):
-            for _, fn in tasks[method]:
+            for _, fn in tasks:
                 runner.timed(getattr(runner, fn))
     for round_index in range(args.rounds):
         shift = round_index % len(order)
         for method in order[shift:] + order[:shift]:
-            for task, fn in tasks[method]:
+            for task, fn in tasks:
                 wall, cpu = runners[method].timed(getattr(runners[method], fn))
                 times[method][task].append(wall)
                 cpu_times[method][task].append(cpu)
@@ -256,9 +320,11 @@ def summarise(raw: dict[str, Any], clock: str, reference: str = "original") -> d
     memory = raw["memory"]
     for method, tasks in raw["times"].items():
         row: dict[str, Any] = {}
+        # a compiled variant is compared with the compiled original
+        against = f"{reference}+compile" if method.endswith("+compile") else reference
         for task in tasks:
             per_clock = {
-                name: _stats(series[method][task], series[reference][task] if reference in series else None)
+                name: _stats(series[method][task], series[against][task] if against in series else None)
                 for name, series in clocks.items()
             }
             row[task] = {**per_clock[clock], "clock": clock, "wall": per_clock["wall"], "cpu": per_clock["cpu"]}
@@ -367,8 +433,10 @@ def print_table(results: dict[str, Any]) -> None:
 
 
 def markdown(results: dict[str, Any], info: dict[str, Any], args: dict[str, Any]) -> str:
+    input_kind = "a tiled random 4x4 cell (periodic: polyphase norms tie)" if args["input"] == "periodic" \
+        else "random normal images"
     lines = [
-        "# Speed and memory of the exactly equivariant models",
+        f"# Speed and memory: regime `{args['regime']}`",
         "",
         "Generated by `python benchmarks/speed.py"
         + (f" {' '.join(args['argv'])}" if args["argv"] else "")
@@ -379,81 +447,110 @@ def markdown(results: dict[str, Any], info: dict[str, Any], args: dict[str, Any]
         + (f", GPU {info['gpu']}" if "gpu" in info else ""),
         f"- Device: {info['device']}; torch threads: {info['torch_threads']}; "
         f"torch {info['torch']}, torchvision {info['torchvision']}, CPU kernels {info['cpu_capability']}",
-        f"- Load average at start: {info.get('load_average_at_start', 'n/a')}",
-        f"- Settings: batch {args['batch_size']}, {args['image_size']}x{args['image_size']} images, float32, "
+        f"- Load average at start: {info.get('load_average_at_start', 'n/a')}; "
+        f"at the end: {info.get('load_average_at_end', 'n/a')}; total {info.get('total_seconds', '?')} s",
+        f"- Settings: batch {args['batch_size']}, {args['image_size']}x{args['image_size']} {input_kind}, "
+        f"{'float32' if not args.get('autocast') else args['autocast'] + ' autocast'}, "
         f"{args['rounds']} rounds after {args['warmup']} warm-up pass(es), "
         f"{'channels-last' if args['channels_last'] else 'NCHW'} layout",
         "",
-        "Ratios are against the same architecture's `original` (zero-padded torchvision) model in the "
-        "same run: the median of the per-round ratios (each round times every variant once), and in "
-        "parentheses the ratio of the minimum times. Times (ms) are the minimum over the rounds of "
-        f"{'the process CPU time' if args['clock'] == 'cpu' else 'the wall-clock time'}. Memory is "
-        "parameters + buffers + optimizer state + the peak allocated during one training step.",
+        "Ratios are against the same architecture's `original` model in the same run (compiled "
+        "variants against the compiled original): the median of the per-round ratios (each round "
+        "times every variant once), and in parentheses the ratio of the minimum times. Times (ms) "
+        f"are the minimum over the rounds of {'the process CPU time' if args['clock'] == 'cpu' else 'wall time'}. "
+        "Memory is parameters + buffers + optimizer state + the peak allocated during one training step.",
         "",
         "| " + " | ".join(HEADER) + " |",
         "|" + "---|" * len(HEADER),
     ]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(results)]
+    compiled = {(model, method): row["compile_s"] for model, summary in results.items()
+                for method, row in summary["methods"].items() if "compile_s" in row}
+    if compiled:
+        lines += ["", "First calls (compilation included), s: "
+                  + ", ".join(f"{model} {method} {seconds:.0f}" for (model, method), seconds in compiled.items())]
     return "\n".join(lines) + "\n"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=None,
-                        help="architectures (default: all; --quick: resnet18)")
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
-    parser.add_argument("--batch-size", type=int, default=None, help="default 4 (--quick: 2)")
-    parser.add_argument("--image-size", type=int, default=None,
-                        help="square input size, a multiple of 32 (default 224; --quick: 64)")
-    parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 7; --quick: 2)")
+    parser.add_argument("--regime", choices=[*REGIMES, "all"], default="all-cores",
+                        help="preset settings (see the module docs); the options below override them")
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=None)
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=None)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--image-size", type=int, default=None, help="square input size, a multiple of 32")
+    parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 10; --quick: 2)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed passes of every variant first")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch.set_num_threads (default 1: stable numbers on a shared machine)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads; 0: torch's default")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall")
+    parser.add_argument("--input", choices=["random", "periodic"], default=None)
+    parser.add_argument("--autocast", choices=["bf16", "fp16"], default=None, help="run under torch.autocast")
+    parser.add_argument("--tag", default=None, help="output file name (default: the regime's name)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda if available)")
     parser.add_argument("--channels-last", action="store_true", help="run models and inputs channels-last")
-    parser.add_argument("--compile", action="store_true",
-                        help="also time torch.compile'd original and MASS models (inference; compiling takes minutes)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="also time torch.compile'd original and MASS models (compiling takes minutes)")
     parser.add_argument("--no-train", dest="train", action="store_false", help="inference only")
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the memory pass")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test (seconds)")
-    parser.add_argument("--output-dir", type=Path, default=ROOT / "docs" / "benchmarks")
+    parser.add_argument("--output-dir", type=Path, default=ROOT / "docs" / "benchmarks" / "speed")
     args = parser.parse_args(argv)
-    quick = args.quick
-    defaults = {"models": ["resnet18"] if quick else list(MODELS), "batch_size": 2 if quick else 4,
-                "image_size": 64 if quick else 224, "rounds": 2 if quick else 7}
-    for key, value in defaults.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    if args.image_size % 32:
-        parser.error(f"--image-size {args.image_size} must be a multiple of 32 (the models' total stride).")
     args.argv = list(argv if argv is not None else sys.argv[1:])
+    if args.image_size is not None and args.image_size % 32:
+        parser.error(f"--image-size {args.image_size} must be a multiple of 32 (the models' total stride).")
     return args
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
-    args.clock = "cpu" if device.type == "cpu" else "wall"
-    torch.set_num_threads(args.threads)
+def regime_settings(args: argparse.Namespace, regime: str) -> argparse.Namespace:
+    """``args`` with the regime's presets filled in where no option was given."""
+    settings = argparse.Namespace(**vars(args))
+    settings.regime = regime
+    preset = {"rounds": 10, "input": "random", "compile": False, **REGIMES[regime]}
+    if args.quick:
+        preset.update({"models": preset["models"][:1], "batch_size": 2, "image_size": 64, "rounds": 2})
+    for key, value in preset.items():
+        if getattr(settings, key, None) is None:
+            setattr(settings, key, value)
+    return settings
+
+
+def run_regime(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """Measure one regime, print its table and write ``<regime>.json`` and ``<regime>.md``."""
+    default_threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads or default_threads)
     info = machine_info(device, torch.get_num_threads())
     started = time.perf_counter()
 
     def log(message: str) -> None:
-        print(f"[{time.perf_counter() - started:6.0f}s] {message}", file=sys.stderr, flush=True)
+        print(f"[{args.regime} {time.perf_counter() - started:6.0f}s] {message}", file=sys.stderr, flush=True)
 
-    results = {}
-    for name in args.models:
-        results[name] = summarise(benchmark_model(name, list(args.methods), args, device, log), args.clock)
+    try:
+        results = {name: summarise(benchmark_model(name, list(args.methods), args, device, log), args.clock)
+                   for name in args.models}
+    finally:
+        torch.set_num_threads(default_threads)
     info["total_seconds"] = round(time.perf_counter() - started, 1)
+    if hasattr(os, "getloadavg"):
+        info["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     print_table(results)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     args.output_dir.mkdir(parents=True, exist_ok=True)
     payload = {"machine": info, "settings": settings, "results": results}
-    (args.output_dir / "speed.json").write_text(json.dumps(payload, indent=2) + "\n")
-    (args.output_dir / "speed.md").write_text(markdown(results, info, settings))
-    log(f"wrote {args.output_dir / 'speed.json'} and {args.output_dir / 'speed.md'}")
+    name = args.tag or args.regime
+    (args.output_dir / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (args.output_dir / f"{name}.md").write_text(markdown(results, info, settings))
+    log(f"wrote {args.output_dir / name}.json and .md")
     return payload
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the regime(s) of ``argv``; returns ``{regime: payload}``."""
+    args = parse_args(argv)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    regimes = list(REGIMES) if args.regime == "all" else [args.regime]
+    return {regime: run_regime(regime_settings(args, regime), device) for regime in regimes}
 
 
 if __name__ == "__main__":

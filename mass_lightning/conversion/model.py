@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import itertools
 import linecache
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +56,29 @@ def _compile(graph: fx.Graph, label: str) -> Callable[..., Any]:
     return namespace["forward"]
 
 
+_DISPATCH = """\
+def forward(self, *args, **kwargs):
+    if check and args and isinstance(args[0], Tensor):
+        self._check_input(args[0])
+    return (train if self.training else eval_)(self, *args, **kwargs)
+"""
+
+
+def _bind_forward(module: nn.Module, forwards: dict[str, Callable[..., Any]], label: str, check: bool) -> None:
+    """Give ``module`` its own ``forward`` code object, dispatching to the train or eval graph.
+
+    ``torch.compile`` keeps its cache per code object; a ``forward`` shared by every converted
+    model would use up the recompile limit after a few models and silently fall back to eager.
+    """
+    key = f"<mass_lightning {label} dispatch #{next(_counter)}>"
+    linecache.cache[key] = (len(_DISPATCH), None, _DISPATCH.splitlines(True), key)
+    namespace = {"Tensor": Tensor, "train": forwards.get("train", forwards["eval"]), "eval_": forwards["eval"],
+                 "check": check}
+    exec(compile(_DISPATCH, key, "exec", dont_inherit=True), namespace)  # noqa: S102 - fixed source
+    module.__dict__["_forwards"] = forwards
+    module.__dict__["forward"] = types.MethodType(namespace["forward"], module)
+
+
 class ShiftEquivariantModel(nn.Module):
     """A model converted by :func:`~mass_lightning.convert`.
 
@@ -90,10 +114,10 @@ class ShiftEquivariantModel(nn.Module):
 
     def _build(self) -> None:
         label = self.conversion.source_class.__name__
-        self.__dict__["_forwards"] = {mode: _compile(graph, f"{label} {mode}")
-                                      for mode, graph in self.conversion.graphs.items()}
+        forwards = {mode: _compile(graph, f"{label} {mode}") for mode, graph in self.conversion.graphs.items()}
+        _bind_forward(self, forwards, label, check=True)
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
+    def forward(self, *args: Any, **kwargs: Any) -> Any:  # replaced per instance by _bind_forward
         if args and isinstance(args[0], Tensor):
             self._check_input(args[0])
         return self._forwards["train" if self.training else "eval"](self, *args, **kwargs)
@@ -134,6 +158,7 @@ class ShiftEquivariantModel(nn.Module):
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state.pop("_forwards", None)
+        state.pop("forward", None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -189,8 +214,9 @@ class _SourceModel(nn.Module):
                 self.__dict__[name] = value
         self.training = converted.training
         self.source_class = record.source_class
-        self.__dict__["_forwards"] = {mode: _compile(graph, f"{record.source_class.__name__} source {mode}")
-                                      for mode, graph in record.source_graphs.items()}
+        label = f"{record.source_class.__name__} source"
+        forwards = {mode: _compile(graph, f"{label} {mode}") for mode, graph in record.source_graphs.items()}
+        _bind_forward(self, forwards, label, check=False)
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
+    def forward(self, *args: Any, **kwargs: Any) -> Any:  # replaced per instance by _bind_forward
         return self._forwards["train" if self.training else "eval"](self, *args, **kwargs)

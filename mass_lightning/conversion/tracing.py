@@ -292,6 +292,7 @@ class GraphRun(fx.Interpreter):
 
     def __init__(self, root: nn.Module, graph: fx.Graph) -> None:
         super().__init__(fx.GraphModule(root, graph), garbage_collect_values=False)
+        graph.owning_module = None  # the graph outlives this run; keeps a converted model picklable
 
     def values(self, *args: Any) -> dict[fx.Node, Any]:
         self.run(*args)

@@ -24,27 +24,35 @@ def speed():
 
 
 def test_quick_run_writes_json_and_markdown(speed, tmp_path, capsys):
-    threads = torch.get_num_threads()
-    try:
-        speed.main([
-            "--quick", "--models", "resnet18", "--methods", "original", "mass", "aps",
-            "--batch-size", "2", "--image-size", "64", "--rounds", "1", "--warmup", "0",
-            "--device", "cpu", "--output-dir", str(tmp_path),
-        ])
-    finally:
-        torch.set_num_threads(threads)
-    payload = json.loads((tmp_path / "speed.json").read_text())
+    speed.main([
+        "--quick", "--models", "resnet18", "--methods", "original", "mass", "aps", "--threads", "1",
+        "--batch-size", "2", "--image-size", "64", "--rounds", "1", "--warmup", "0",
+        "--device", "cpu", "--output-dir", str(tmp_path),
+    ])
+    payload = json.loads((tmp_path / "all-cores.json").read_text())
     assert payload["machine"]["torch"] == torch.__version__
-    assert payload["machine"]["torch_threads"] == 1
+    assert payload["machine"]["torch_threads"] == 1 and payload["settings"]["clock"] == "wall"
     methods = payload["results"]["resnet18"]["methods"]
     assert set(methods) == {"original", "mass", "aps"}
     for row in methods.values():
         assert row["inference"]["min_s"] > 0 and row["train"]["min_s"] > 0
         assert row["peak_train_bytes"] > 0
     assert methods["original"]["inference"]["ratio_of_min"] == 1.0
-    table = (tmp_path / "speed.md").read_text()
-    assert "| resnet18 | mass |" in table
+    table = (tmp_path / "all-cores.md").read_text()
+    assert "| resnet18 | mass |" in table and "regime `all-cores`" in table
     assert "mass" in capsys.readouterr().out
+
+
+def test_segmentation_and_periodic_regimes(speed, tmp_path):
+    common = ["--quick", "--rounds", "1", "--warmup", "0", "--threads", "1", "--no-memory", "--device", "cpu",
+              "--output-dir", str(tmp_path)]
+    speed.main(["--regime", "segmentation", "--methods", "original", "mass", *common])
+    rows = json.loads((tmp_path / "segmentation.json").read_text())["results"]["unet_resnet34"]["methods"]
+    assert set(rows) == {"original", "mass"} and rows["mass"]["train"]["min_s"] > 0
+    speed.main(["--regime", "periodic", "--no-compile", *common])
+    payload = json.loads((tmp_path / "periodic.json").read_text())
+    assert payload["settings"]["input"] == "periodic" and set(payload["results"]["resnet18"]["methods"]) == {
+        "original", "mass"}
 
 
 def test_rejects_sizes_the_models_cannot_divide(speed):

@@ -141,6 +141,27 @@ def test_compiles_as_one_graph(name, mode):
         compiled(torch.randn(2, 3, 64, 64))
 
 
+def test_many_models_compile_without_hitting_the_recompile_limit():
+    """Every converted model has its own forward code object, so torch.compile's per-code
+    cache (8 entries by default) does not fill up and fall back to eager after a few models."""
+    torch.manual_seed(0)
+    for index in range(10):
+        model = convert(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=2, padding=1), torch.nn.ReLU()))
+        model.train(index % 2 == 0)
+        torch.compile(model, fullgraph=True, backend="eager")(torch.randn(1, 3, 8, 8))
+
+
+def test_whole_model_pickles(tmp_path):
+    """``torch.save(model)`` of a whole converted model loads back to the same function."""
+    model, size = _model("classifier")
+    torch.save(model, tmp_path / "model.pt")
+    loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+    x = _inputs(size, 1)[0]
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    assert loaded.forward.__self__ is loaded
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["classifier", "deeplabv3plus"])
 def test_inductor_compile(kind, default_threads):

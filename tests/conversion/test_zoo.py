@@ -27,6 +27,8 @@ from mass_lightning.testing import FAMILY_REPRESENTATIVES, REFUSED, assert_shift
     timm_names, torchvision_names
 
 ZOO = torchvision_names() + timm_names()
+
+
 def _random_shifts(size: tuple[int, int], count: int, seed: int) -> list[tuple[int, int]]:
     generator = torch.Generator().manual_seed(seed)
     return [(int(torch.randint(size[0], (), generator=generator)), int(torch.randint(size[1], (), generator=generator)))
