@@ -65,18 +65,33 @@ def forward(self, *args, **kwargs):
 
 
 def _bind_forward(module: nn.Module, forwards: dict[str, Callable[..., Any]], label: str, check: bool) -> None:
-    """Give ``module`` its own ``forward`` code object, dispatching to the train or eval graph.
+    """Give ``module`` a ``forward`` with a code object of its own, dispatching to the train or
+    eval graph, through a per-instance subclass (as ``torch.fx.GraphModule`` does).
 
     ``torch.compile`` keeps its cache per code object; a ``forward`` shared by every converted
     model would use up the recompile limit after a few models and silently fall back to eager.
+    The subclass holds no reference to the instance, so a dropped model is freed at once.
     """
     key = f"<mass_lightning {label} dispatch #{next(_counter)}>"
     linecache.cache[key] = (len(_DISPATCH), None, _DISPATCH.splitlines(True), key)
     namespace = {"Tensor": Tensor, "train": forwards.get("train", forwards["eval"]), "eval_": forwards["eval"],
                  "check": check}
     exec(compile(_DISPATCH, key, "exec", dont_inherit=True), namespace)  # noqa: S102 - fixed source
+    base = _base_class(module)
+    module.__class__ = type(base.__name__, (base,), {"forward": namespace["forward"], "_per_instance": True,
+                                                     "__module__": base.__module__, "__qualname__": base.__qualname__})
     module.__dict__["_forwards"] = forwards
-    module.__dict__["forward"] = types.MethodType(namespace["forward"], module)
+
+
+def _base_class(module: nn.Module) -> type:
+    cls = type(module)
+    return cls.__bases__[0] if cls.__dict__.get("_per_instance") else cls
+
+
+def _restore(cls: type, state: dict[str, Any]) -> nn.Module:
+    module = cls.__new__(cls)
+    module.__setstate__(state)
+    return module
 
 
 class ShiftEquivariantModel(nn.Module):
@@ -158,8 +173,11 @@ class ShiftEquivariantModel(nn.Module):
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state.pop("_forwards", None)
-        state.pop("forward", None)
         return state
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        # pickled and copied as the public class; the per-instance subclass is rebuilt
+        return _restore, (_base_class(self), self.__getstate__())
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)

@@ -159,7 +159,7 @@ def test_whole_model_pickles(tmp_path):
     x = _inputs(size, 1)[0]
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
-    assert loaded.forward.__self__ is loaded
+    assert type(loaded).forward is not type(model).forward and isinstance(loaded, type(model).__bases__[0])
 
 
 @pytest.mark.slow
