@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import gc
 import math
 import re
 import warnings
@@ -142,7 +143,11 @@ def convert(
                                   "MASS, APS and the anti-aliasing filters need circular padding.")
         return copy.deepcopy(model)
     source = model.source_model() if converted else copy.deepcopy(model)
-    return _convert(source, method, spec, example_input, strict, verify)
+    converted = _convert(source, method, spec, example_input, strict, verify)
+    # torch.fx's tracing leaves reference cycles through frames (Proxy.__iter__) that hold the
+    # source model; collect them now rather than let many conversions pile up parameters.
+    gc.collect()
+    return converted
 
 
 def _convert(source: nn.Module, method: str, spec: Antialias | None, example_input: Tensor | None, strict: bool,

@@ -60,7 +60,7 @@ _DISPATCH = """\
 def forward(self, *args, **kwargs):
     if check and args and isinstance(args[0], Tensor):
         self._check_input(args[0])
-    return (train if self.training else eval_)(self, *args, **kwargs)
+    return self._forwards["train" if self.training else "eval"](self, *args, **kwargs)
 """
 
 
@@ -70,17 +70,17 @@ def _bind_forward(module: nn.Module, forwards: dict[str, Callable[..., Any]], la
 
     ``torch.compile`` keeps its cache per code object; a ``forward`` shared by every converted
     model would use up the recompile limit after a few models and silently fall back to eager.
-    The subclass holds no reference to the instance, so a dropped model is freed at once.
+    The subclass holds no reference to the instance or its graphs (a class is freed only by the
+    garbage collector), so a dropped model and its modules are freed at once.
     """
     key = f"<mass_lightning {label} dispatch #{next(_counter)}>"
     linecache.cache[key] = (len(_DISPATCH), None, _DISPATCH.splitlines(True), key)
-    namespace = {"Tensor": Tensor, "train": forwards.get("train", forwards["eval"]), "eval_": forwards["eval"],
-                 "check": check}
+    namespace = {"Tensor": Tensor, "check": check}
     exec(compile(_DISPATCH, key, "exec", dont_inherit=True), namespace)  # noqa: S102 - fixed source
     base = _base_class(module)
     module.__class__ = type(base.__name__, (base,), {"forward": namespace["forward"], "_per_instance": True,
                                                      "__module__": base.__module__, "__qualname__": base.__qualname__})
-    module.__dict__["_forwards"] = forwards
+    module.__dict__["_forwards"] = {"train": forwards.get("train", forwards["eval"]), **forwards}
 
 
 def _base_class(module: nn.Module) -> type:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -213,11 +214,22 @@ def trace(model: nn.Module, extra_leaves: tuple[type, ...] = (),
                 if probes is None or "control flow" not in str(error):
                     raise _untraceable(path, error) from error
                 graphs[mode] = _trace_specialised(model, leaves, autowrap, probes, path, error)
+                # the handled error's frames hold the model, in a cycle with the error itself
+                traceback.clear_frames(error.__traceback__)
+            finally:
+                _release(tracer)
     finally:
         model.train(was_training)
         if smp_check:
             model.__dict__.pop("requires_divisible_input_shape", None)
     return graphs
+
+
+def _release(tracer: fx.Tracer) -> None:
+    """Drop a finished tracer's state. ``fx.Tracer`` refers to itself through closures (a cycle
+    that only the garbage collector frees) and holds the traced model: without this, every
+    conversion would keep its model's parameters alive until the next full collection."""
+    tracer.__dict__.clear()
 
 
 def _untraceable(path: str, error: BaseException) -> ConversionError:
@@ -241,7 +253,10 @@ def _trace_specialised(model: nn.Module, leaves: tuple[type, ...], autowrap: tup
                 graph = tracer.trace(model)
             except Exception as failure:  # noqa: BLE001 - the original error is the one to report
                 raise _untraceable(path, error) from failure
-            results.append((graph, tracer.decisions))
+            finally:
+                decisions = tracer.decisions
+                _release(tracer)
+            results.append((graph, decisions))
     finally:
         torch.set_rng_state(rng)
         with torch.no_grad():

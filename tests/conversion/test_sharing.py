@@ -6,7 +6,9 @@ classifier and for segmentation models (MASS DeepLabV3+ and U-Net).
 
 from __future__ import annotations
 
+import gc
 import threading
+import weakref
 
 import pytest
 import torch
@@ -149,6 +151,23 @@ def test_many_models_compile_without_hitting_the_recompile_limit():
         model = convert(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=2, padding=1), torch.nn.ReLU()))
         model.train(index % 2 == 0)
         torch.compile(model, fullgraph=True, backend="eager")(torch.randn(1, 3, 8, 8))
+
+
+@pytest.mark.parametrize("kind", ["classifier", "unet"])
+def test_a_dropped_model_is_freed_at_once(kind):
+    """No reference cycle holds a converted model's parameters (the tracer's, the forward's):
+    converting many models in one process does not pile them up until a full collection."""
+    gc.collect()
+    gc.disable()
+    try:
+        model, size = _model(kind)
+        with torch.no_grad():
+            model(_inputs(size, 1)[0])
+        parameters = [weakref.ref(p) for p in model.parameters()]
+        del model
+        assert not [ref for ref in parameters if ref() is not None]
+    finally:
+        gc.enable()
 
 
 def test_whole_model_pickles(tmp_path):
