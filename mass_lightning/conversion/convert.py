@@ -6,6 +6,7 @@ import copy
 import gc
 import math
 import re
+import traceback
 import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -13,7 +14,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, fx, nn
 
-from ..errors import ConfigError, ConversionError, EquivarianceError, ShiftEquivarianceWarning
+from ..errors import ConfigError, ConversionError, EquivarianceError, MassLightningError, ShiftEquivarianceWarning
 from ..layers.blur import Blur2d
 from ..layers.ddac import DDAC
 from .analysis import Analysis, ProbeTooSmall
@@ -143,11 +144,17 @@ def convert(
                                   "MASS, APS and the anti-aliasing filters need circular padding.")
         return copy.deepcopy(model)
     source = model.source_model() if converted else copy.deepcopy(model)
-    converted = _convert(source, method, spec, example_input, strict, verify)
-    # torch.fx's tracing leaves reference cycles through frames (Proxy.__iter__) that hold the
-    # source model; collect them now rather than let many conversions pile up parameters.
-    gc.collect()
-    return converted
+    try:
+        return _convert(source, method, spec, example_input, strict, verify)
+    except MassLightningError as error:
+        # a refusal's traceback would keep the copy of the model alive in its frames' locals
+        del source
+        traceback.clear_frames(error.__traceback__)
+        raise
+    finally:
+        # torch.fx's tracing leaves reference cycles through frames (Proxy.__iter__) that hold
+        # the copy; collect them now rather than let many conversions pile up parameters.
+        gc.collect()
 
 
 def _convert(source: nn.Module, method: str, spec: Antialias | None, example_input: Tensor | None, strict: bool,

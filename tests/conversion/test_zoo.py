@@ -16,6 +16,8 @@ products round by row position; see docs/exactness.md, batch composition).
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import itertools
 
 import pytest
@@ -27,6 +29,16 @@ from mass_lightning.testing import FAMILY_REPRESENTATIVES, REFUSED, assert_shift
     timm_names, torchvision_names
 
 ZOO = torchvision_names() + timm_names()
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c")) if ctypes.util.find_library("c") else None
+
+
+@pytest.fixture(autouse=True)
+def _return_freed_memory():
+    """Giant models (up to 2.6 GB of weights) come one after another: hand the freed heap back
+    to the OS after each, so that a test worker does not hold the peak of every previous one."""
+    yield
+    if _LIBC is not None and hasattr(_LIBC, "malloc_trim"):
+        _LIBC.malloc_trim(0)
 
 
 def _random_shifts(size: tuple[int, int], count: int, seed: int) -> list[tuple[int, int]]:
