@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import itertools
 import linecache
-import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
