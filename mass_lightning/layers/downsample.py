@@ -593,6 +593,11 @@ class EquivariantDownsample:
                             Callable[[Tensor], Tensor] | None, torch.memory_format | None]:
         raise NotImplementedError
 
+    def _widens(self, x: Tensor) -> bool:
+        """Whether the output is larger than the padded input; the input is then put back in
+        the batch order instead of the output (see :func:`_on_shifted`). Same bits either way."""
+        return False
+
     def _describe(self) -> str:
         return self.name or f"{type(self).__name__}({self.extra_repr()})"  # type: ignore[attr-defined]
 
@@ -600,7 +605,7 @@ class EquivariantDownsample:
         name = self._describe()
         _check_origin(origin, x, name)
         strided, dense, prefilter, fmt = self._ops()
-        keep_order = self.antialias is not None and not isinstance(self.antialias, Blur2d)
+        keep_order = (self.antialias is not None and not isinstance(self.antialias, Blur2d)) or self._widens(x)
         return sample(strided, dense, x, self._stride_pair(), self._pad(), sampling=self.sampling,
                       origin=origin, name=name, memory_format=fmt, prefilter=prefilter, keep_order=keep_order)
 
@@ -687,6 +692,15 @@ class CircularConv2d(EquivariantDownsample, nn.Conv2d):
 
     def _pad(self) -> Pad4:
         return conv_padding(self.kernel_size, self.dilation, self.padding)
+
+    def _widens(self, x: Tensor) -> bool:
+        if x.dim() != 4:
+            return False
+        left, right, top, bottom = self._pad()
+        sy, sx = self._stride_pair()
+        height, width = x.shape[-2:]
+        padded = self.in_channels * (height + top + bottom) * (width + left + right)
+        return self.out_channels * (height // sy) * (width // sx) > padded
 
     def _check_channels(self, x: Tensor) -> None:
         if x.dim() == 4 and x.shape[1] != self.in_channels:

@@ -76,6 +76,10 @@ __all__ = [
 ]
 
 _INT64_BUDGET_BITS = 62
+# Eager statistics run over batch chunks of about this many input bytes: their float and
+# int64 temporaries then stay in cache instead of being fresh, page-faulting allocations
+# several times the size of the map. Per-sample results, so chunking changes no bit.
+_CHUNK_BYTES = 1 << 21
 _TIE_OFFSETS = ((0, 1), (1, 0), (1, 1), (1, -1))
 _THIRD_ORDER_OFFSETS = ((0, 1), (1, 0))
 
@@ -275,8 +279,30 @@ def _fast_energy_argmax(x: Tensor, stride: tuple[int, int]) -> tuple[Tensor, Ten
     return sums.argmax(dim=1), decided, finite
 
 
+def _by_batch_chunks(fn: Any, x: Tensor, stride: tuple[int, int]) -> Any:
+    """``fn(x, stride)`` for a per-sample ``fn``, run on batch chunks of about
+    ``_CHUNK_BYTES`` in eager mode (outputs concatenated along dim 0, tuples element-wise)."""
+    per_sample = max(1, x[0].numel() * 4)  # the float32 temporaries' size
+    size = max(1, _CHUNK_BYTES // per_sample)
+    if size >= x.shape[0] or torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return fn(x, stride)
+    parts = [fn(chunk, stride) for chunk in x.split(size)]
+    if isinstance(parts[0], tuple):
+        return tuple(torch.cat(p) for p in zip(*parts))
+    return torch.cat(parts)
+
+
 def _exact_energy_argmax(x: Tensor, stride: tuple[int, int]) -> Tensor:
     """Flat index of the origin by the exact integer rule (steps 1-4 of the module docs)."""
+    return _by_batch_chunks(_exact_energy_argmax_unchunked, x, stride)
+
+
+def _exact_energy_argmax_unchunked(x: Tensor, stride: tuple[int, int]) -> Tensor:
+    # Spatially constant maps (a periodic input whose period the strides so far divide) tie
+    # in every statistic, so the rule gives index 0: known without computing any.
+    low, high = torch.aminmax(x.detach().flatten(2), dim=2)
+    if bool((low == high).all()):
+        return torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
     energy = polyphase_energy(x, stride)
     best = energy == energy.amax(dim=1, keepdim=True)
     if bool((best.sum(dim=1) > 1).any()):
@@ -346,7 +372,7 @@ def select_origin_and_finiteness(x: Tensor, stride: int | tuple[int, int]) -> tu
         origin = torch.zeros(batch, 2, dtype=torch.int64, device=x.device)
         return origin, torch.ones(batch, dtype=torch.bool, device=x.device)
     with _without_autocast(x.device.type):
-        index, decided, finite = _fast_energy_argmax(x, (sy, sx))
+        index, decided, finite = _by_batch_chunks(_fast_energy_argmax, x, (sy, sx))
         if torch.compiler.is_compiling():
             # torch.cond instead of a Python branch: no graph break. The exact rule then runs
             # on the whole batch, with every statistic for every sample (the lexicographic

@@ -124,6 +124,26 @@ def test_zero_padded_weights_mean_the_same_in_the_interior():
     assert list(circ.state_dict()) == list(conv.state_dict())
 
 
+@pytest.mark.parametrize("sampling", ["mass", "aps"])
+def test_widening_conv_restores_the_input_order_with_the_same_bits(sampling, monkeypatch):
+    """A conv whose output is larger than its padded input (a stem) puts the input back in
+    batch order instead of the output: equivariant, and bit-identical to the other order."""
+    torch.manual_seed(6)
+    cls = MASSConv2d if sampling == "mass" else APSConv2d
+    layer = cls(2, 24, 3, stride=2, padding=1)
+    x = torch.randn(2, 2, 8, 12)
+    assert layer._widens(x)
+    check_equivariant(layer.eval(), x, itertools.product(range(2), range(4)))
+    batch = torch.cat([roll(x, (dy, dx)) for dy in range(2) for dx in range(2)]).requires_grad_()
+    layer.train()
+    out = layer(batch)
+    (grad,) = torch.autograd.grad(out.square().sum(), batch)
+    monkeypatch.setattr(cls, "_widens", lambda self, x: False)
+    other = layer(batch)
+    (other_grad,) = torch.autograd.grad(other.square().sum(), batch)
+    assert torch.equal(out, other) and torch.equal(grad, other_grad)
+
+
 def test_batch_one_non_square_channels_last_stride4():
     torch.manual_seed(5)
     layer = make("conv", "mass", 4, None).eval()

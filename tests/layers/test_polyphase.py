@@ -154,3 +154,19 @@ def test_errors_name_size_and_stride():
         select_origin(torch.randn(3, 8, 8), 2)
     with pytest.raises(ValueError, match="stride"):
         select_origin(torch.randn(1, 1, 8, 8), 0)
+
+
+def test_batch_chunks_change_no_bit(monkeypatch):
+    """Eager statistics run over batch chunks; per-sample chunks give the same origins,
+    on a batch that mixes decided samples, near-ties and exact ties (lattices)."""
+    from mass_lightning.layers import polyphase
+
+    torch.manual_seed(7)
+    tied = _lattice(torch.randn(2, 3, 2, 4), 8, 16)
+    mirror = torch.cat([torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8).flip(-1)], dim=-1)
+    x = torch.cat([torch.randn(5, 3, 8, 16), tied, torch.full((1, 3, 8, 16), 0.25), mirror])
+    whole = {stride: select_origin(x, stride) for stride in (2, 4, (2, 4))}
+    monkeypatch.setattr(polyphase, "_CHUNK_BYTES", 1)  # one sample per chunk
+    for stride, expected in whole.items():
+        assert torch.equal(select_origin(x, stride), expected)
+    assert_covariant(x, 2, [(0, 0), (1, 0), (0, 1), (3, 5), (7, 15)])
