@@ -316,6 +316,19 @@ def _exact_index_branch_free(x: Tensor, stride: tuple[int, int]) -> Tensor:
     return _lexicographic_argmax(stats, torch.ones_like(stats[:, 0], dtype=torch.bool))
 
 
+def _exact_index_compiled(flat: Tensor, shape: tuple[int, ...], stride: tuple[int, int]) -> Tensor:
+    """:func:`_exact_energy_argmax` under the compiler: a batch of spatially constant maps is
+    index 0 (as in eager mode), anything else takes :func:`_exact_index_branch_free`."""
+    x = flat.view(shape)
+    low, high = torch.aminmax(x.flatten(2), dim=2)
+    return torch.cond(
+        (low == high).all(),
+        lambda f: torch.zeros(shape[0], dtype=torch.int64, device=f.device),
+        lambda f: _exact_index_branch_free(f.view(shape), stride),
+        (flat,),
+    )
+
+
 def select_origin(x: Tensor, stride: int | tuple[int, int]) -> Tensor:
     """Per-sample MASS origin: the polyphase component chosen by the exact rule above.
 
@@ -381,7 +394,7 @@ def select_origin_and_finiteness(x: Tensor, stride: int | tuple[int, int]) -> tu
             index = torch.cond(
                 decided.all(),
                 lambda fast, _: fast.clone(),
-                lambda _, flat: _exact_index_branch_free(flat.view(shape), (sy, sx)),
+                lambda _, flat: _exact_index_compiled(flat, shape, (sy, sx)),
                 # Flattened: a 1-D operand has one layout, whatever layout the compiler chose
                 # for the map (a channels-last map would not match the branch's traced strides).
                 (index, x.detach().reshape(-1)),

@@ -170,3 +170,22 @@ def test_batch_chunks_change_no_bit(monkeypatch):
     for stride, expected in whole.items():
         assert torch.equal(select_origin(x, stride), expected)
     assert_covariant(x, 2, [(0, 0), (1, 0), (0, 1), (3, 5), (7, 15)])
+
+
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+def test_compiled_selection_equals_eager_on_every_branch(backend):
+    """Under torch.compile the exact rule is a torch.cond: decided batches, tied lattices
+    (every statistic) and spatially constant maps (index 0 without statistics) each give
+    the eager origins, shifted or not."""
+    torch.manual_seed(8)
+    compiled = torch.compile(select_origin, fullgraph=True, backend=backend, dynamic=False)
+    batches = {
+        "decided": torch.randn(3, 4, 8, 16),
+        "lattice": _lattice(torch.randn(3, 4, 2, 4), 8, 16),
+        "constant": torch.randn(3, 4, 1, 1).expand(3, 4, 8, 16).contiguous(),
+        "mixed": torch.cat([torch.randn(1, 4, 8, 16), torch.full((2, 4, 8, 16), -0.5)]),
+    }
+    for name, x in batches.items():
+        for shift in [(0, 0), (1, 0), (0, 1), (3, 7)]:
+            shifted = roll(x, shift)
+            assert torch.equal(compiled(shifted, 2), select_origin(shifted, 2)), (name, shift)
