@@ -32,8 +32,8 @@ Two scales (``--scale``); any option given explicitly overrides the preset:
 A run is skipped when the JSON already holds it with the same settings, and continued
 from its last finished epoch when it was interrupted (checkpoints under ``--work-dir``,
 git-ignored). Results made by another version of the ``mass_lightning`` sources are
-reused unless ``--rerun-stale`` is given. A method the conversion engine does not support
-yet (``aps_official`` until the engine has it) is skipped with its reason in the tables.
+reused unless ``--rerun-stale`` is given. A method the conversion engine refuses for a
+model is skipped with the engine's reason in the tables.
 
 Usage::
 
