@@ -282,7 +282,7 @@ def _fast_energy_argmax(x: Tensor, stride: tuple[int, int]) -> tuple[Tensor, Ten
 def _by_batch_chunks(fn: Any, x: Tensor, stride: tuple[int, int]) -> Any:
     """``fn(x, stride)`` for a per-sample ``fn``, run on batch chunks of about
     ``_CHUNK_BYTES`` in eager mode (outputs concatenated along dim 0, tuples element-wise)."""
-    per_sample = max(1, x[0].numel() * 4)  # the float32 temporaries' size
+    per_sample = max(1, math.prod(x.shape[1:]) * 4)  # the float32 temporaries' size (any batch size, 0 too)
     size = max(1, _CHUNK_BYTES // per_sample)
     if size >= x.shape[0] or torch.compiler.is_compiling() or torch.jit.is_tracing():
         return fn(x, stride)

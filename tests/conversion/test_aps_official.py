@@ -77,7 +77,7 @@ def test_selection_sits_after_bn_and_activation_and_the_shortcut_shares_it(arch)
         assert min(errors) < 1e-5
 
 
-def test_cifar_resnet20_blocks_select_after_bn_relu():
+def test_cifar_resnet20_strided_convs_run_at_stride_1():
     model = get_backbone("resnet20", method="aps_official", num_classes=10).eval()
     strided = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)
                and m.in_channels != m.out_channels]
@@ -94,6 +94,15 @@ def test_every_shift_residue_and_random_shifts_are_exact(name, antialias):
     shifts = list(itertools.product(range(8), range(8)))  # every residue of the total stride
     shifts += [tuple(torch.randint(0, size, (2,)).tolist()) for _ in range(16)]
     assert_shift_invariant(model, x, shifts)
+
+
+def test_circular_baseline_is_not_invariant_on_the_same_data():
+    """Negative control for the exactness tests above: the same network with phase-0
+    subsampling changes its output under shifts."""
+    torch.manual_seed(1)
+    model = randomize_norms(get_backbone("resnet20", method="baseline", num_classes=10)).eval()
+    with pytest.raises(AssertionError, match="differs from the unshifted one"):
+        assert_shift_invariant(model, torch.randn(1, 3, 32, 32), [(0, 1), (1, 0), (1, 1)])
 
 
 def test_ties_and_batch_size_one_are_exact():

@@ -170,6 +170,7 @@ def test_batch_chunks_change_no_bit(monkeypatch):
     for stride, expected in whole.items():
         assert torch.equal(select_origin(x, stride), expected)
     assert_covariant(x, 2, [(0, 0), (1, 0), (0, 1), (3, 5), (7, 15)])
+    assert select_origin(x[:0], 2).shape == (0, 2)  # an empty batch has no chunk to take a size from
 
 
 @pytest.mark.parametrize("backend", ["eager", "aot_eager"])
