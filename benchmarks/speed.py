@@ -41,7 +41,18 @@ Regimes (``--regime``; each writes ``docs/benchmarks/speed/<regime>.{md,json}``)
   (MASS takes its exact tie-breaking path), eager and compiled;
 * ``segmentation``: all cores, batch 4, 512x512, smp U-Net-ResNet34 and DeepLabV3+-ResNet18
   (zero-padded smp model as the original), MASS and APS;
+* ``retained-memory``: ``all-cores`` with ``--malloc retain`` (below);
 * ``all``: each of the above in turn.
+
+Allocator (``--malloc``). On CPU, PyTorch allocates through the C library's ``malloc``. glibc
+hands large freed blocks back to the operating system, so every large tensor's pages fault
+and are zeroed again on first write; at batch 16 that is a large share of a forward pass,
+and more for a model that writes more tensors (a circularly padded copy per conv).
+``--malloc retain`` runs the measurement in a child process with ``MALLOC_MMAP_THRESHOLD_``
+and ``MALLOC_TRIM_THRESHOLD_`` set to 64 GiB, so freed memory stays in the process and is
+reused without faults (the process keeps its peak memory). The same effect is what the
+PyTorch CPU performance guide gets from preloading jemalloc or tcmalloc. The header of each
+table records the ``MALLOC_*`` and ``LD_PRELOAD`` settings it ran with.
 
 Usage::
 
@@ -64,6 +75,7 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -109,7 +121,13 @@ REGIMES: dict[str, dict[str, Any]] = {
                  "image_size": 224, "compile": True, "input": "periodic"},
     "segmentation": {"models": list(SEGMENTERS), "methods": ["original", "mass", "aps"], "threads": 0,
                      "batch_size": 4, "image_size": 512},
+    "retained-memory": {"models": list(CLASSIFIERS), "methods": ["original", "circular", "mass"], "threads": 0,
+                        "batch_size": 16, "image_size": 224, "malloc": "retain"},
 }
+#: glibc settings of ``--malloc retain``: freed memory stays in the process.
+RETAIN_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(64 << 30), "MALLOC_TRIM_THRESHOLD_": str(64 << 30)}
+_ALLOCATOR_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_ARENA_MAX",
+                  "LD_PRELOAD")
 
 
 def build_original(name: str) -> nn.Module:
@@ -350,6 +368,7 @@ def machine_info(device: torch.device, threads: int) -> dict[str, Any]:
         "device": str(device),
         "torch_threads": threads,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "allocator_env": {name: os.environ[name] for name in _ALLOCATOR_ENV if name in os.environ},
     }
     if hasattr(os, "getloadavg"):
         info["load_average_at_start"] = [round(v, 2) for v in os.getloadavg()]
@@ -453,6 +472,8 @@ def markdown(results: dict[str, Any], info: dict[str, Any], args: dict[str, Any]
         f"{'float32' if not args.get('autocast') else args['autocast'] + ' autocast'}, "
         f"{args['rounds']} rounds after {args['warmup']} warm-up pass(es), "
         f"{'channels-last' if args['channels_last'] else 'NCHW'} layout",
+        "- Allocator: " + (", ".join(f"`{k}={v}`" for k, v in info.get("allocator_env", {}).items())
+                           or "the C library's default (no `MALLOC_*` or `LD_PRELOAD` set)"),
         "",
         "Ratios are against the same architecture's `original` model in the same run (compiled "
         "variants against the compiled original): the median of the per-round ratios (each round "
@@ -493,6 +514,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="also time torch.compile'd original and MASS models (compiling takes minutes)")
     parser.add_argument("--no-train", dest="train", action="store_false", help="inference only")
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the memory pass")
+    parser.add_argument("--malloc", choices=["default", "retain"], default=None,
+                        help="retain: run in a child process whose glibc keeps freed memory (see the module docs)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test (seconds)")
     parser.add_argument("--output-dir", type=Path, default=ROOT / "docs" / "benchmarks" / "speed")
     args = parser.parse_args(argv)
@@ -506,7 +529,7 @@ def regime_settings(args: argparse.Namespace, regime: str) -> argparse.Namespace
     """``args`` with the regime's presets filled in where no option was given."""
     settings = argparse.Namespace(**vars(args))
     settings.regime = regime
-    preset = {"rounds": 10, "input": "random", "compile": False, **REGIMES[regime]}
+    preset = {"rounds": 10, "input": "random", "compile": False, "malloc": "default", **REGIMES[regime]}
     if args.quick:
         preset.update({"models": preset["models"][:1], "batch_size": 2, "image_size": 64, "rounds": 2})
     for key, value in preset.items():
@@ -515,8 +538,35 @@ def regime_settings(args: argparse.Namespace, regime: str) -> argparse.Namespace
     return settings
 
 
+def _without(argv: list[str], option: str) -> list[str]:
+    """``argv`` without ``option VALUE`` and ``option=VALUE``."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        elif not arg.startswith(option + "="):
+            out.append(arg)
+    return out
+
+
+def _in_retaining_child(args: argparse.Namespace) -> dict[str, Any]:
+    """Run this regime again in a child process with :data:`RETAIN_MALLOC` set; its payload."""
+    argv = args.argv
+    for option in ("--regime", "--malloc", "--tag", "--output-dir"):
+        argv = _without(argv, option)
+    name = args.tag or args.regime
+    command = [sys.executable, str(Path(__file__).resolve()), *argv, "--regime", args.regime, "--malloc", "retain",
+               "--tag", name, "--output-dir", str(args.output_dir)]
+    subprocess.run(command, env={**os.environ, **RETAIN_MALLOC}, check=True)
+    return json.loads((args.output_dir / f"{name}.json").read_text())
+
+
 def run_regime(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """Measure one regime, print its table and write ``<regime>.json`` and ``<regime>.md``."""
+    if args.malloc == "retain" and any(os.environ.get(k) != v for k, v in RETAIN_MALLOC.items()):
+        return _in_retaining_child(args)
     default_threads = torch.get_num_threads()
     torch.set_num_threads(args.threads or default_threads)
     info = machine_info(device, torch.get_num_threads())

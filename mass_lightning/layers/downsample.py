@@ -35,8 +35,10 @@ the samples are grouped by origin (at most ``s * s`` groups), each group's shift
 window is copied into one batch ordered by origin, the op runs once on it, and only the
 (smaller) output is put back into the input order. Max-pooling runs on a channels-last
 copy, because PyTorch's NCHW max-pool kernel on CPU is an order of magnitude slower than
-its channels-last one; the output is NCHW, whatever the input's layout. None of this changes a
-value: copies and maxima are exact. See ``docs/benchmarks/README.md`` for measurements.
+its channels-last one; the output is NCHW, whatever the input's layout, and its gradient
+flows back channels-last. Large batches max-pool in batch chunks, whose padded copies the
+C library's allocator reuses instead of mapping fresh pages. None of this changes a value:
+copies and maxima are exact. See ``docs/benchmarks/README.md`` for measurements.
 
 **Non-finite inputs.** No origin can be chosen for a sample with NaN or Inf. In eager mode
 the layer raises :class:`~mass_lightning.errors.NonFiniteInputError` naming itself. Under
@@ -46,6 +48,7 @@ of such a sample is made NaN instead, so a non-finite input never gives a finite
 
 from __future__ import annotations
 
+import math
 import weakref
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
@@ -143,6 +146,7 @@ def sample(
     memory_format: torch.memory_format | None = None,
     prefilter: Callable[[Tensor], Tensor] | None = None,
     keep_order: bool = False,
+    exact_per_sample: bool = False,
 ) -> tuple[Any, Tensor]:
     """Run a downsampling op with the given sampling; the core of every layer here.
 
@@ -164,6 +168,9 @@ def sample(
             samplings after the origin was chosen from the unfiltered input. APS ignores it
             (``dense`` filters its own output).
         keep_order: run the op on the samples in input order (see :func:`_on_shifted`).
+        exact_per_sample: ``strided`` and ``dense`` give each sample the same bits whatever
+            the rest of the batch (max-pooling: maxima are exact), so large batches may run
+            in chunks (see :func:`_on_shifted_in_chunks`).
 
     Returns:
         ``(output of strided, origin)``; the origin is zeros for ``"fixed"``.
@@ -176,12 +183,13 @@ def sample(
     if sampling not in SAMPLINGS:
         raise ValueError(f"{name}: sampling must be one of {SAMPLINGS}, got {sampling!r}.")
     poison = None
+    shifted = _on_shifted_in_chunks if exact_per_sample and _may_chunk(x) else _on_shifted
     if sampling == "fixed" or stride == (1, 1):
         source = x if prefilter is None else prefilter(x)
-        y = _on_shifted(strided, source, None, pad, memory_format)
+        y = shifted(strided, source, None, pad, memory_format)
         return y, torch.zeros(x.shape[0], 2, dtype=torch.int64, device=x.device)
     if sampling == "aps" and dense is not None:
-        z = _on_shifted(dense, x, None, pad, memory_format)
+        z = shifted(dense, x, None, pad, memory_format)
         if origin is None:
             origin, poison = _choose(z, stride, name)
         y = subsample(z, origin, stride)
@@ -189,7 +197,7 @@ def sample(
         if origin is None:
             origin, poison = _choose(x, stride, name)
         source = x if prefilter is None else prefilter(x)
-        y = _on_shifted(strided, source, origin, pad, memory_format, keep_order)
+        y = shifted(strided, source, origin, pad, memory_format, keep_order)
     if poison is not None:
         y = tuple(v + poison if v.is_floating_point() else v for v in y) if isinstance(y, tuple) else y + poison
     return y, origin
@@ -244,6 +252,44 @@ def _on_shifted(
     if isinstance(out, tuple):
         return tuple(o.index_select(0, restore) for o in out)
     return out.index_select(0, restore)
+
+
+_CHUNK_BYTES = 1 << 24
+
+
+def _may_chunk(x: Tensor) -> bool:
+    """Eager on CPU: where :func:`_on_shifted_in_chunks` helps (accelerators cache memory)."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return False
+    return x.device.type == "cpu"
+
+
+def _on_shifted_in_chunks(
+    op: Callable[[Tensor], Any],
+    x: Tensor,
+    origin: Tensor | None,
+    pad: tuple[int, int, int, int],
+    memory_format: torch.memory_format | None = None,
+    keep_order: bool = False,
+) -> Any:
+    """:func:`_on_shifted` on batch chunks whose padded copy holds about ``_CHUNK_BYTES``.
+
+    The C library's allocator maps a large buffer fresh on every call (each page faults and
+    is zeroed on first write) but reuses smaller freed blocks: a 53 MB padded copy for the
+    stem max-pool of a ResNet at batch 16 costs more than the pooling itself. Only for ops
+    that give each sample the same bits whatever the batch, so the result is unchanged.
+    """
+    height = x.shape[-2] + pad[2] + pad[3]
+    width = x.shape[-1] + pad[0] + pad[1]
+    per_sample = max(1, math.prod(x.shape[1:-2]) * height * width * x.element_size())
+    size = max(1, _CHUNK_BYTES // per_sample)
+    if size >= x.shape[0]:
+        return _on_shifted(op, x, origin, pad, memory_format, keep_order)
+    origins = [None] * math.ceil(x.shape[0] / size) if origin is None else origin.split(size)
+    parts = [_on_shifted(op, part, o, pad, memory_format, keep_order) for part, o in zip(x.split(size), origins)]
+    if isinstance(parts[0], tuple):
+        return tuple(torch.cat(p) for p in zip(*parts))
+    return torch.cat(parts)
 
 
 def _can_swap_saved(x: Tensor) -> bool:
@@ -346,17 +392,19 @@ def equivariant_conv2d(
 
 def _max_pool_ops(kernel_size: Any, stride: tuple[int, int], dilation: Any, with_indices: bool,
                   antialias: nn.Module | None) -> tuple[Callable[[Tensor], Any], Callable[[Tensor], Tensor]]:
+    # Outputs are NCHW (a channels-last padded copy gives channels-last outputs), converted
+    # before the batch order is restored, so that gradients reach the kernel channels-last.
     def dense(p: Tensor) -> Tensor:
-        z = F.max_pool2d(p, kernel_size, 1, 0, dilation)
-        z = z.contiguous() if not z.is_contiguous() else z
+        z = _to_nchw(F.max_pool2d(p, kernel_size, 1, 0, dilation))
         return z if antialias is None else antialias(z)
 
     def strided(p: Tensor) -> Any:
         if antialias is not None:
             return dense(p)[..., :: stride[0], :: stride[1]]
         if with_indices:
-            return F.max_pool2d(p, kernel_size, stride, 0, dilation, return_indices=True)
-        return F.max_pool2d(p, kernel_size, stride, 0, dilation)
+            values, flat = F.max_pool2d(p, kernel_size, stride, 0, dilation, return_indices=True)
+            return _to_nchw(values), flat.contiguous()
+        return _to_nchw(F.max_pool2d(p, kernel_size, stride, 0, dilation))
 
     return strided, dense
 
@@ -403,17 +451,35 @@ def equivariant_max_pool2d(
                          "without anti-aliasing.")
     pad = _pool_pad(kernel_size, dilation, padding)
     strided, dense = _max_pool_ops(kernel_size, stride, dilation, return_indices, antialias)
-    # Channels-last on CPU: the same maxima, an order of magnitude faster kernel; output NCHW.
+    # Channels-last on CPU: the same maxima, an order of magnitude faster kernel.
     fmt = torch.channels_last if _prefer_nhwc(x) else None
     out, origin = sample(strided, dense, x, stride, pad, sampling=sampling, origin=origin, name=name,
-                         memory_format=fmt, keep_order=antialias is not None and not isinstance(antialias, Blur2d))
+                         memory_format=fmt, keep_order=antialias is not None and not isinstance(antialias, Blur2d),
+                         exact_per_sample=antialias is None)
     if return_indices:
         values, flat = out
-        padded_width = x.shape[-1] + pad[0] + pad[1]
-        out = (values.contiguous(), _unpad_indices(flat.contiguous(), padded_width, x.shape[-2:], pad))
-    elif fmt is not None:
-        out = out.contiguous()
+        out = (values, _unpad_indices(flat, x.shape[-1] + pad[0] + pad[1], x.shape[-2:], pad))
     return _with_origin(out, origin, return_origin)
+
+
+def _to_nchw(x: Tensor) -> Tensor:
+    """``x.contiguous()``; the gradient of a channels-last ``x`` flows back channels-last (the
+    channels-last max-pool backward kernel is three times slower on an NCHW gradient)."""
+    if x.is_contiguous() or not (torch.is_grad_enabled() and x.requires_grad) or torch.compiler.is_compiling():
+        return x.contiguous()
+    return _ChannelsLastToNCHW.apply(x)
+
+
+class _ChannelsLastToNCHW(torch.autograd.Function):
+    """``x.contiguous()`` whose backward returns the gradient channels-last."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+        return x.contiguous()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        return grad.contiguous(memory_format=torch.channels_last)
 
 
 def equivariant_avg_pool2d(

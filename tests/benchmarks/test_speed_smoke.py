@@ -58,3 +58,18 @@ def test_segmentation_and_periodic_regimes(speed, tmp_path):
 def test_rejects_sizes_the_models_cannot_divide(speed):
     with pytest.raises(SystemExit):
         speed.parse_args(["--image-size", "100"])
+
+
+def test_retained_memory_regime_runs_in_a_child_with_the_allocator_settings(speed, tmp_path):
+    speed.main(["--regime", "retained-memory", "--quick", "--methods", "original", "mass", "--rounds", "1",
+                "--warmup", "0", "--threads", "1", "--no-memory", "--no-train", "--device", "cpu",
+                "--output-dir", str(tmp_path)])
+    payload = json.loads((tmp_path / "retained-memory.json").read_text())
+    assert payload["machine"]["allocator_env"] == speed.RETAIN_MALLOC
+    assert payload["settings"]["malloc"] == "retain"
+    table = (tmp_path / "retained-memory.md").read_text()
+    assert "MALLOC_TRIM_THRESHOLD_=" in table and "| resnet18 | mass |" in table
+
+
+def test_default_allocator_is_recorded(speed):
+    assert "allocator_env" in speed.machine_info(torch.device("cpu"), 1)

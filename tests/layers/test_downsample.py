@@ -6,6 +6,7 @@ import itertools
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mass_lightning.layers import (
@@ -23,6 +24,7 @@ from mass_lightning.layers import (
     MASSMaxPool2d,
     mass_downsample,
 )
+from mass_lightning.layers.circular import circular_pad, shift_and_pad
 
 
 def roll(x, shift):
@@ -223,3 +225,71 @@ def test_generic_wrapper_and_functional():
     fresh = MASSDownsample(nn.Conv2d(3, 4, 2, stride=2), 2)
     fresh.load_state_dict(state)
     assert torch.equal(fresh.module.weight, conv.weight)
+
+
+@pytest.mark.parametrize("sampling", ["fixed", "mass", "aps"])
+@pytest.mark.parametrize("return_indices", [False, True])
+def test_max_pool_gradient_equals_the_nchw_reference(sampling, return_indices):
+    """The channels-last max-pool hands its gradient back channels-last (a fast kernel): the
+    gradient is bit-identical to running the op on an NCHW shifted, padded copy."""
+    if sampling == "aps" and return_indices:
+        pytest.skip("APS max-pool has no unpooling indices")
+    torch.manual_seed(8)
+    classes = {"fixed": CircularMaxPool2d, "mass": MASSMaxPool2d, "aps": APSMaxPool2d}
+    layer = classes[sampling](3, 2, 1, return_indices=return_indices)
+    x = torch.randn(2, 5, 8, 12)
+    batch = torch.cat([roll(x, (dy, dx)) for dy in range(2) for dx in range(3)]).requires_grad_()
+    out, origin = layer(batch, return_origin=True)
+    values = out[0] if return_indices else out
+    weight = torch.randn_like(values)
+    (grad,) = torch.autograd.grad((values * weight).sum(), batch)
+
+    reference = batch.detach().clone().requires_grad_()
+    if sampling == "aps":
+        dense = F.max_pool2d(circular_pad(reference, (1, 1, 1, 1)), 3, 1)
+        expected = torch.stack([dense[b, :, oy::2, ox::2] for b, (oy, ox) in enumerate(origin.tolist())])
+    else:
+        expected = F.max_pool2d(shift_and_pad(reference, origin, (1, 1, 1, 1)), 3, 2)
+    (expected_grad,) = torch.autograd.grad((expected * weight).sum(), reference)
+    assert values.is_contiguous() and torch.equal(values, expected)
+    assert torch.equal(grad, expected_grad)
+
+
+@pytest.mark.parametrize("sampling", ["fixed", "mass", "aps"])
+@pytest.mark.parametrize("return_indices", [False, True])
+def test_max_pool_batch_chunks_change_no_bit(sampling, return_indices, monkeypatch):
+    """Large batches max-pool in chunks (padded copies the allocator can reuse): values,
+    indices, origins and gradients are bit-identical to one whole-batch call, at the default
+    thread count, with an uneven last chunk."""
+    if sampling == "aps" and return_indices:
+        pytest.skip("APS max-pool has no unpooling indices")
+    from mass_lightning.layers import downsample
+
+    torch.manual_seed(9)
+    classes = {"fixed": CircularMaxPool2d, "mass": MASSMaxPool2d, "aps": APSMaxPool2d}
+    layer = classes[sampling](3, 2, 1, return_indices=return_indices)
+    x = torch.randn(2, 4, 8, 10)
+    batch = torch.cat([roll(x, (dy, dx)) for dy in range(2) for dx in range(4)])  # 16 samples
+    sizes = []
+    on_shifted = downsample._on_shifted
+    monkeypatch.setattr(downsample, "_on_shifted", lambda op, x, *a, **k: sizes.append(len(x)) or on_shifted(op, x, *a, **k))
+
+    def run(chunk_bytes: int) -> list[torch.Tensor]:
+        monkeypatch.setattr(downsample, "_CHUNK_BYTES", chunk_bytes)
+        with torch.no_grad():
+            frozen, _ = layer(batch, return_origin=True)
+        source = batch.clone().requires_grad_()
+        out, origin = layer(source, return_origin=True)
+        values = out[0] if return_indices else out
+        weight = torch.linspace(-1, 1, values.numel()).view_as(values)
+        (grad,) = torch.autograd.grad((values * weight).sum(), source)
+        flat = lambda t: list(t) if isinstance(t, tuple) else [t]  # noqa: E731
+        return [*flat(frozen), *flat(out), origin, grad]
+
+    whole = run(1 << 40)
+    assert sizes == [16, 16]
+    sizes.clear()
+    chunked = run(3 * 4 * 10 * 12 * batch.element_size())  # padded copies of 3 samples
+    assert sizes == [3, 3, 3, 3, 3, 1] * 2
+    for expected, actual in zip(whole, chunked, strict=True):
+        assert torch.equal(expected, actual)
