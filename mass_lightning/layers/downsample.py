@@ -147,6 +147,7 @@ def sample(
     prefilter: Callable[[Tensor], Tensor] | None = None,
     keep_order: bool = False,
     exact_per_sample: bool = False,
+    pointwise: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Any, Tensor]:
     """Run a downsampling op with the given sampling; the core of every layer here.
 
@@ -171,6 +172,10 @@ def sample(
         exact_per_sample: ``strided`` and ``dense`` give each sample the same bits whatever
             the rest of the batch (max-pooling: maxima are exact), so large batches may run
             in chunks (see :func:`_on_shifted_in_chunks`).
+        pointwise: for an op that reads one input pixel per output pixel (a 1x1 conv with
+            no padding), the op at stride 1: MASS then runs it on the input's polyphase
+            component at the origin instead of on a shifted copy of the whole input (the
+            same values; a copy ``s * s`` times smaller).
 
     Returns:
         ``(output of strided, origin)``; the origin is zeros for ``"fixed"``.
@@ -197,7 +202,10 @@ def sample(
         if origin is None:
             origin, poison = _choose(x, stride, name)
         source = x if prefilter is None else prefilter(x)
-        y = shifted(strided, source, origin, pad, memory_format, keep_order)
+        if pointwise is not None and not any(pad):
+            y = pointwise(subsample(source, origin, stride))
+        else:
+            y = shifted(strided, source, origin, pad, memory_format, keep_order)
     if poison is not None:
         y = tuple(v + poison if v.is_floating_point() else v for v in y) if isinstance(y, tuple) else y + poison
     return y, origin
@@ -673,7 +681,12 @@ class EquivariantDownsample:
         strided, dense, prefilter, fmt = self._ops()
         keep_order = (self.antialias is not None and not isinstance(self.antialias, Blur2d)) or self._widens(x)
         return sample(strided, dense, x, self._stride_pair(), self._pad(), sampling=self.sampling,
-                      origin=origin, name=name, memory_format=fmt, prefilter=prefilter, keep_order=keep_order)
+                      origin=origin, name=name, memory_format=fmt, prefilter=prefilter, keep_order=keep_order,
+                      pointwise=self._pointwise())
+
+    def _pointwise(self) -> Callable[[Tensor], Tensor] | None:
+        """The op at stride 1 if it reads one input pixel per output pixel (see :func:`sample`)."""
+        return None
 
 
 def _share_state(new: nn.Module, module: nn.Module) -> None:
@@ -788,6 +801,12 @@ class CircularConv2d(EquivariantDownsample, nn.Conv2d):
         filtered = lambda p: self.antialias(dense(p))  # noqa: E731
         stride = self._stride_pair()
         return (lambda p: filtered(p)[..., :: stride[0], :: stride[1]]), filtered, None, None
+
+    def _pointwise(self) -> Callable[[Tensor], Tensor] | None:
+        if self.kernel_size != (1, 1) or self.__dict__.get("_own_forward") is not None or not (
+                self.antialias is None or isinstance(self.antialias, Blur2d)):
+            return None
+        return _conv_ops(self.weight, self.bias, (1, 1), self.dilation, self.groups)[0]
 
     def forward(self, x: Tensor, origin: Tensor | None = None, return_origin: bool = False) -> Any:
         self._check_channels(x)

@@ -227,16 +227,16 @@ def test_generic_wrapper_and_functional():
     assert torch.equal(fresh.module.weight, conv.weight)
 
 
-@pytest.mark.parametrize("sampling", ["fixed", "mass", "aps"])
-@pytest.mark.parametrize("return_indices", [False, True])
+MAX_POOLS = {"fixed": CircularMaxPool2d, "mass": MASSMaxPool2d, "aps": APSMaxPool2d}
+MAX_POOL_CASES = [("fixed", False), ("fixed", True), ("mass", False), ("mass", True), ("aps", False)]  # APS: no indices
+
+
+@pytest.mark.parametrize(("sampling", "return_indices"), MAX_POOL_CASES)
 def test_max_pool_gradient_equals_the_nchw_reference(sampling, return_indices):
     """The channels-last max-pool hands its gradient back channels-last (a fast kernel): the
     gradient is bit-identical to running the op on an NCHW shifted, padded copy."""
-    if sampling == "aps" and return_indices:
-        pytest.skip("APS max-pool has no unpooling indices")
     torch.manual_seed(8)
-    classes = {"fixed": CircularMaxPool2d, "mass": MASSMaxPool2d, "aps": APSMaxPool2d}
-    layer = classes[sampling](3, 2, 1, return_indices=return_indices)
+    layer = MAX_POOLS[sampling](3, 2, 1, return_indices=return_indices)
     x = torch.randn(2, 5, 8, 12)
     batch = torch.cat([roll(x, (dy, dx)) for dy in range(2) for dx in range(3)]).requires_grad_()
     out, origin = layer(batch, return_origin=True)
@@ -255,19 +255,15 @@ def test_max_pool_gradient_equals_the_nchw_reference(sampling, return_indices):
     assert torch.equal(grad, expected_grad)
 
 
-@pytest.mark.parametrize("sampling", ["fixed", "mass", "aps"])
-@pytest.mark.parametrize("return_indices", [False, True])
+@pytest.mark.parametrize(("sampling", "return_indices"), MAX_POOL_CASES)
 def test_max_pool_batch_chunks_change_no_bit(sampling, return_indices, monkeypatch):
     """Large batches max-pool in chunks (padded copies the allocator can reuse): values,
     indices, origins and gradients are bit-identical to one whole-batch call, at the default
     thread count, with an uneven last chunk."""
-    if sampling == "aps" and return_indices:
-        pytest.skip("APS max-pool has no unpooling indices")
     from mass_lightning.layers import downsample
 
     torch.manual_seed(9)
-    classes = {"fixed": CircularMaxPool2d, "mass": MASSMaxPool2d, "aps": APSMaxPool2d}
-    layer = classes[sampling](3, 2, 1, return_indices=return_indices)
+    layer = MAX_POOLS[sampling](3, 2, 1, return_indices=return_indices)
     x = torch.randn(2, 4, 8, 10)
     batch = torch.cat([roll(x, (dy, dx)) for dy in range(2) for dx in range(4)])  # 16 samples
     sizes = []
@@ -293,3 +289,27 @@ def test_max_pool_batch_chunks_change_no_bit(sampling, return_indices, monkeypat
     assert sizes == [3, 3, 3, 3, 3, 1] * 2
     for expected, actual in zip(whole, chunked, strict=True):
         assert torch.equal(expected, actual)
+
+
+@pytest.mark.parametrize("stride", [2, 4])
+@pytest.mark.parametrize("antialias", [None, "lpf3"])
+def test_strided_1x1_conv_runs_on_the_origin_component(stride, antialias, monkeypatch):
+    """A 1x1 strided conv (a ResNet shortcut) reads only the origin's polyphase component, not
+    a shifted copy of its whole input: exactly equivariant, the values of the op on the
+    shifted input, and gradients through it."""
+    from mass_lightning.layers import downsample
+
+    torch.manual_seed(10)
+    layer = MASSConv2d(3, 5, 1, stride=stride, antialias=Blur2d(3) if antialias else None).eval()
+    x = torch.randn(2, 3, 8, 12)
+    check_equivariant(layer, x, itertools.product(range(stride + 1), range(stride)))
+    copies = []
+    on_shifted = downsample._on_shifted
+    monkeypatch.setattr(downsample, "_on_shifted", lambda *a, **k: copies.append(a) or on_shifted(*a, **k))
+    y, origin = layer(x, return_origin=True)
+    assert not copies
+    source = x if layer.antialias is None else layer.antialias(x)
+    expected = F.conv2d(shift_and_pad(source, origin), layer.weight, layer.bias, stride)
+    torch.testing.assert_close(y, expected, rtol=1e-6, atol=1e-6)
+    double = layer.double().train()
+    assert torch.autograd.gradcheck(double, (x.double().requires_grad_(),))
