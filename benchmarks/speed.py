@@ -45,14 +45,13 @@ Regimes (``--regime``; each writes ``docs/benchmarks/speed/<regime>.{md,json}``)
 * ``all``: each of the above in turn.
 
 Allocator (``--malloc``). On CPU, PyTorch allocates through the C library's ``malloc``. glibc
-hands large freed blocks back to the operating system, so every large tensor's pages fault
-and are zeroed again on first write; at batch 16 that is a large share of a forward pass,
-and more for a model that writes more tensors (a circularly padded copy per conv).
+hands large freed blocks back to the operating system (always those above its adaptive
+mmap threshold, at most 32 MiB), so their pages fault and are zeroed again on first write.
 ``--malloc retain`` runs the measurement in a child process with ``MALLOC_MMAP_THRESHOLD_``
 and ``MALLOC_TRIM_THRESHOLD_`` set to 64 GiB, so freed memory stays in the process and is
-reused without faults (the process keeps its peak memory). The same effect is what the
-PyTorch CPU performance guide gets from preloading jemalloc or tcmalloc. The header of each
-table records the ``MALLOC_*`` and ``LD_PRELOAD`` settings it ran with.
+reused without faults (the process keeps its peak memory), much as the PyTorch CPU
+performance guide's advice to preload jemalloc or tcmalloc does. The header of each table
+records the ``MALLOC_*`` and ``LD_PRELOAD`` settings it ran with.
 
 Usage::
 
