@@ -303,6 +303,12 @@ def test_strided_1x1_conv_runs_on_the_origin_component(stride, antialias, monkey
     layer = MASSConv2d(3, 5, 1, stride=stride, antialias=Blur2d(3) if antialias else None).eval()
     x = torch.randn(2, 3, 8, 12)
     check_equivariant(layer, x, itertools.product(range(stride + 1), range(stride)))
+    # Negative control, same data and weights: the fixed-phase circular conv is not equivariant.
+    baseline = CircularConv2d(3, 5, 1, stride=stride, antialias=layer.antialias).eval()
+    baseline.load_state_dict(layer.state_dict())
+    with torch.no_grad():
+        y, y_shifted = baseline(x), baseline(roll(x, (1, 0)))
+    assert not any(torch.equal(y_shifted, roll(y, (a, b))) for a in range(y.shape[2]) for b in range(y.shape[3]))
     copies = []
     on_shifted = downsample._on_shifted
     monkeypatch.setattr(downsample, "_on_shifted", lambda *a, **k: copies.append(a) or on_shifted(*a, **k))
